@@ -1,0 +1,173 @@
+"""Shared measurement code for the GPU benchmarks (METHOD.md's rules in one place).
+
+Every benchmark script builds callables for each implementation, hands them to
+:func:`graph_us` (median microseconds per call under CUDA-graph replay, several
+input sets rotated so repeated calls do not measure L2), and writes one JSON file
+plus one PNG in the format of DESIGN.md section 9 through :func:`write_results`.
+
+Runs without sglang: the GPU machine has torch + triton only.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import statistics
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def out_dir() -> Path:
+    """Where results go: ``$OUT`` on the device machine, else benchmarks/results/."""
+    d = Path(os.environ["OUT"]) if os.environ.get("OUT") else RESULTS_DIR
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def copy_bandwidth_TBps(nbytes: int = 1 << 31, iters: int = 20) -> float:
+    """Device-to-device copy bandwidth, counting bytes read plus bytes written."""
+    src = torch.empty(nbytes // 2, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    for _ in range(3):
+        dst.copy_(src)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    times = []
+    for _ in range(iters):
+        start.record()
+        dst.copy_(src)
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) * 1e-3)
+    del src, dst
+    return nbytes / statistics.median(times) / 1e12
+
+
+def count_launches(fn: Callable[[], object]) -> int:
+    """Kernels one call of ``fn`` launches (read from the profiler, after a warm-up)."""
+    fn()
+    torch.cuda.synchronize()
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    return sum(
+        1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA
+    )
+
+
+def graph_us(
+    fns: Sequence[Callable[[], object]],
+    *,
+    calls_per_graph: int = 20,
+    replays: int = 50,
+) -> float:
+    """Median microseconds per call, timed by replaying a CUDA graph.
+
+    ``fns`` are closures over different input sets of the same shape; the graph
+    calls them in rotation (``calls_per_graph`` calls in all), so small problems
+    are not timed out of a warm L2 more than the real model would be.
+    """
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for f in fns:  # compile / autotune outside the capture
+            f()
+    torch.cuda.current_stream().wait_stream(stream)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for i in range(calls_per_graph):
+            fns[i % len(fns)]()
+    for _ in range(3):
+        graph.replay()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    times = []
+    for _ in range(replays):
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) * 1e3 / calls_per_graph)
+    return statistics.median(times)
+
+
+def input_sets(nbytes_per_set: int, cap: int = 8, l2_bytes: int = 120 << 20) -> int:
+    """How many input sets to rotate so that together they overflow the L2 (60 MB on H200)."""
+    if nbytes_per_set <= 0:
+        return 1
+    return max(1, min(cap, -(-l2_bytes // nbytes_per_set)))
+
+
+def environment() -> dict:
+    import triton
+
+    return {
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+        "torch": torch.__version__.split("+")[0],
+        "triton": triton.__version__,
+        "python": sys.version.split()[0],
+        "date": _dt.date.today().isoformat(),
+    }
+
+
+def write_results(
+    benchmark: str,
+    rows: list[dict],
+    *,
+    copy_bw: float,
+    plot: Callable[[list[dict], Path], None] | None = None,
+    extra: dict | None = None,
+) -> Path:
+    """Write ``<benchmark>.json`` (DESIGN.md section 9) and, if given, its plot."""
+    doc = {"benchmark": benchmark, **environment(), "copy_bandwidth_TBps": round(copy_bw, 3)}
+    if extra:
+        doc.update(extra)
+    doc["rows"] = rows
+    d = out_dir()
+    path = d / f"{benchmark}.json"
+    path.write_text(json.dumps(doc, indent=1) + "\n")
+    if plot is not None:
+        plot(rows, d / f"{benchmark}.png")
+    return path
+
+
+def plot_us_vs_tokens(
+    rows: list[dict], path: Path, *, title: str, group_key: str = "model"
+) -> None:
+    """One panel per ``group_key`` value: microseconds per call against tokens, one line per impl."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = sorted({r[group_key] for r in rows}, key=str)
+    fig, axes = plt.subplots(1, len(groups), figsize=(6 * len(groups), 4.5), squeeze=False)
+    for ax, g in zip(axes[0], groups):
+        sub = [r for r in rows if r[group_key] == g]
+        for impl in sorted({r["impl"] for r in sub}):
+            pts = sorted((r["tokens"], r["us"]) for r in sub if r["impl"] == impl)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=impl)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("tokens")
+        ax.set_ylabel("us per call (CUDA-graph replay, median)")
+        ax.set_title(f"{title}: {g}")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def print_table(rows: list[dict], keys: Sequence[str]) -> None:
+    print(" ".join(f"{k:>12}" for k in keys))
+    for r in rows:
+        print(" ".join(f"{r.get(k, ''):>12}" if not isinstance(r.get(k), float) else f"{r[k]:>12.2f}" for k in keys))
