@@ -1,0 +1,301 @@
+"""Post-attention triple RMSNorm of Gemma-4's MoE decoder layer, in one launch.
+
+Gemma-4 RMSNorm (no "+1" on the weight, fp32 inside)::
+
+    rmsnorm(x, w) = x * rsqrt(mean(x**2) + eps) * w
+
+After attention, a MoE layer (26B-A4B) needs the updated residual ``r`` and three
+normalizations of it: the dense MLP's input, the router's input (the router's
+norm has no weight of its own; SGLang folds ``router.scale * hidden**-0.5`` into
+it, so ``w_router`` is that folded scale) and the experts' input::
+
+    r         = rmsnorm(attn_out, w_post_attn) + residual
+    dense_in  = rmsnorm(r, w_pre_ff)
+    router_in = rmsnorm(r, w_router)
+    moe_in    = rmsnorm(r, w_pre_ff_2)
+
+Where SGLang 0.5.23 rounds (CUDA, bf16/fp16 activations), read from the code:
+
+1. ``post_attention_layernorm`` is the attention's ``OutputTransform``, an
+   ``RMSNorm`` whose ``forward_cuda`` calls ``sgl_kernel.rmsnorm`` -> FlashInfer's
+   ``rmsnorm`` (CUDA ``RMSNormKernel`` in ``norm.cuh``, or the CuTe-DSL
+   ``RMSNormKernel``, same math): the sum of squares is taken in fp32 of the
+   input, and ``float(x) * rstd * float(w)`` is rounded once to the activation
+   dtype. So ``a = round(rmsnorm(attn_out, w_post_attn))``.
+2. The FFN read runs ``pre_feedforward_layernorm(a, residual)`` ->
+   ``fused_add_rmsnorm``. FlashInfer's ``FusedAddRMSNormKernel`` adds in fp32,
+   ``s = float(a) + float(residual)``, stores ``residual = round(s)``, and takes
+   the sum of squares of the *unrounded* fp32 ``s`` and normalizes the unrounded
+   ``s`` (the CUDA kernel keeps it in shared memory, the CuTe kernel in
+   registers). So ``r = round(s)`` and ``dense_in = round(rmsnorm(s, w_pre_ff))``.
+   SGLang's ``RMSNorm.forward_native`` (CPU) does the same.
+3. ``_next_stream`` then calls ``router(r)`` (``Gemma4RMSNorm`` with
+   ``with_scale=False``, whose ``forward_cuda`` calls ``rmsnorm`` with the folded
+   weight) and ``pre_feedforward_layernorm_2(r)``: both read the *rounded*
+   residual ``r`` from memory. So ``router_in`` and ``moe_in`` share one rsqrt,
+   of the rounded ``r``, which differs from the dense input's rsqrt of ``s``.
+
+This kernel rounds at exactly those points: ``a`` to the activation dtype before
+the add, the dense input from fp32 ``s``, the router and expert inputs from the
+rounded ``r``. With fp32 activations every rounding is the identity and all
+three normalizations share one rsqrt. (An earlier upstream router-norm fusion
+was reverted for a bf16 routing regression; matching the rounding points is
+what keeps the selected experts the same.)
+
+One program normalizes ``ROWS`` whole rows held in registers: the row is read
+once (attn_out and residual) and written four times, the minimum traffic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import torch
+import triton
+import triton.language as tl
+
+from sglang_gemma4.kernels.support import MAX_FUSED_ROW, triton_can_run_on, triton_interpreting
+
+TRIPLE_RMSNORM_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def _rms_inverse(x: torch.Tensor, eps: float) -> torch.Tensor:
+    return torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + eps)
+
+
+def triple_rmsnorm_reference(
+    attn_out: torch.Tensor,
+    residual: torch.Tensor,
+    w_post_attn: torch.Tensor,
+    w_pre_ff: torch.Tensor,
+    w_router: torch.Tensor,
+    w_pre_ff_2: torch.Tensor,
+    eps: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(r, dense_in, router_in, moe_in)`` as SGLang's four launches compute them.
+
+    fp32 arithmetic, rounded to ``attn_out.dtype`` where SGLang stores a tensor
+    (see the module docstring): ``a = round(rmsnorm(attn_out, w_post_attn))``,
+    ``s = a + residual`` (fp32), ``r = round(s)``,
+    ``dense_in = round(rmsnorm(s, w_pre_ff))``, and with ``rr = rsqrt(mean(r**2) + eps)``
+    ``router_in = round(r * rr * w_router)``, ``moe_in = round(r * rr * w_pre_ff_2)``.
+    """
+    dtype = attn_out.dtype
+    x = attn_out.float()
+    a = (x * _rms_inverse(x, eps) * w_post_attn.float()).to(dtype)
+    s = a.float() + residual.float()
+    r = s.to(dtype)
+    dense_in = (s * _rms_inverse(s, eps) * w_pre_ff.float()).to(dtype)
+    r32 = r.float()
+    r_normed = r32 * _rms_inverse(r32, eps)
+    router_in = (r_normed * w_router.float()).to(dtype)
+    moe_in = (r_normed * w_pre_ff_2.float()).to(dtype)
+    return r, dense_in, router_in, moe_in
+
+
+@triton.jit
+def _round_to(x, act: tl.constexpr, BF16_RNE_BY_BITS: tl.constexpr):
+    """``x`` (fp32) rounded to ``act``, to nearest even.
+
+    Triton's interpreter truncates fp32 -> bf16 casts (compiled kernels round to
+    nearest even), so under the interpreter bf16 is rounded on the bit pattern
+    first and the cast is then exact.
+    """
+    if BF16_RNE_BY_BITS:
+        bits = x.to(tl.uint32, bitcast=True)
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+        x = bits.to(tl.float32, bitcast=True)
+    return x.to(act)
+
+
+@triton.jit
+def _post_attn_triple_rmsnorm_kernel(
+    attn_ptr,
+    res_ptr,
+    w_post_ptr,
+    w_pre_ff_ptr,
+    w_router_ptr,
+    w_pre_ff_2_ptr,
+    r_ptr,
+    dense_ptr,
+    router_ptr,
+    moe_ptr,
+    n_rows,
+    hidden,
+    eps,
+    ROWS: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    BF16_RNE_BY_BITS: tl.constexpr,
+):
+    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    cols = tl.arange(0, BLOCK_H)
+    col_ok = cols < hidden
+    mask = (rows[:, None] < n_rows) & col_ok[None, :]
+    # int64: rows * hidden passes 2**31 for prefills of ~760k tokens at hidden 2816.
+    offs = rows.to(tl.int64)[:, None] * hidden + cols[None, :]
+    act = r_ptr.dtype.element_ty
+
+    x = tl.load(attn_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    res = tl.load(res_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    w_post = tl.load(w_post_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
+
+    inv_x = tl.rsqrt(tl.sum(x * x, axis=1) / hidden + eps)
+    # The post-attention norm's output is stored in the activation dtype before
+    # the residual add (its own launch in SGLang).
+    a = _round_to((x * inv_x[:, None]) * w_post[None, :], act, BF16_RNE_BY_BITS).to(tl.float32)
+    s = a + res
+    r = _round_to(s, act, BF16_RNE_BY_BITS)
+    tl.store(r_ptr + offs, r, mask=mask)
+
+    # fused_add_rmsnorm normalizes the unrounded fp32 sum...
+    w_pre_ff = tl.load(w_pre_ff_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
+    inv_s = tl.rsqrt(tl.sum(s * s, axis=1) / hidden + eps)
+    dense = (s * inv_s[:, None]) * w_pre_ff[None, :]
+    tl.store(dense_ptr + offs, _round_to(dense, act, BF16_RNE_BY_BITS), mask=mask)
+
+    # ...while the router's norm and pre_feedforward_layernorm_2 read the stored residual.
+    r32 = r.to(tl.float32)
+    inv_r = tl.rsqrt(tl.sum(r32 * r32, axis=1) / hidden + eps)
+    r_normed = r32 * inv_r[:, None]
+    w_router = tl.load(w_router_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
+    tl.store(router_ptr + offs, _round_to(r_normed * w_router[None, :], act, BF16_RNE_BY_BITS), mask=mask)
+    w_pre_ff_2 = tl.load(w_pre_ff_2_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
+    tl.store(moe_ptr + offs, _round_to(r_normed * w_pre_ff_2[None, :], act, BF16_RNE_BY_BITS), mask=mask)
+
+
+class TripleNormLaunch(NamedTuple):
+    block_h: int
+    rows_per_program: int
+    num_warps: int
+
+
+def launch_config(hidden: int) -> TripleNormLaunch:
+    """How to launch the kernel for rows of ``hidden`` elements.
+
+    A whole row lives in registers (``block_h`` is ``hidden`` rounded up to a
+    power of two). Narrow rows are batched several to a program so that each
+    program still moves a few KB; wider rows get more warps so that each thread
+    holds ~16 elements of each live tensor instead of spilling.
+    """
+    block_h = triton.next_power_of_2(hidden)
+    return TripleNormLaunch(
+        block_h=block_h,
+        rows_per_program=max(1, min(16, 2048 // block_h)),
+        num_warps=min(16, max(4, block_h // 512)),
+    )
+
+
+def supports(
+    attn_out: torch.Tensor,
+    residual: torch.Tensor,
+    weights: Sequence[torch.Tensor],
+    dtypes: Sequence[torch.dtype] = TRIPLE_RMSNORM_DTYPES,
+) -> bool:
+    """Whether :func:`post_attn_triple_rmsnorm` runs the kernel on these inputs.
+
+    2-D contiguous activations of one dtype in ``dtypes``, at least one row and
+    at most ``MAX_FUSED_ROW`` columns, on a device Triton runs on; four 1-D
+    contiguous floating weights of the row's length on the same device.
+    """
+    if attn_out.dim() != 2 or residual.shape != attn_out.shape:
+        return False
+    n_rows, hidden = attn_out.shape
+    if n_rows == 0 or not 0 < hidden <= MAX_FUSED_ROW:
+        return False
+    if attn_out.dtype not in dtypes or residual.dtype != attn_out.dtype:
+        return False
+    if not (attn_out.is_contiguous() and residual.is_contiguous()):
+        return False
+    if not triton_can_run_on(attn_out) or residual.device != attn_out.device:
+        return False
+    return len(weights) == 4 and all(
+        w.dim() == 1
+        and w.numel() == hidden
+        and w.is_contiguous()
+        and w.is_floating_point()
+        and w.device == attn_out.device
+        for w in weights
+    )
+
+
+def post_attn_triple_rmsnorm(
+    attn_out: torch.Tensor,
+    residual: torch.Tensor,
+    w_post_attn: torch.Tensor,
+    w_pre_ff: torch.Tensor,
+    w_router: torch.Tensor,
+    w_pre_ff_2: torch.Tensor,
+    eps: float,
+    *,
+    residual_out: torch.Tensor | None = None,
+    rows_per_program: int | None = None,
+    num_warps: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(r, dense_in, router_in, moe_in)`` of a Gemma-4 MoE layer in one launch.
+
+    ``s = round(rmsnorm(attn_out, w_post_attn)) + residual`` in fp32,
+    ``r = round(s)``, ``dense_in = rmsnorm(s, w_pre_ff)``,
+    ``router_in = rmsnorm(r, w_router)`` and ``moe_in = rmsnorm(r, w_pre_ff_2)``
+    (the last two share one rsqrt of the rounded ``r``); every output in
+    ``attn_out.dtype``, rounded to nearest even. Equals
+    :func:`triple_rmsnorm_reference` up to fp32 reduction order and rsqrt.
+
+    ``attn_out``/``residual``: ``[tokens, hidden]``, contiguous, one dtype.
+    Weights: ``[hidden]``, any float dtype (read as fp32). ``r`` is written to
+    ``residual_out`` when given, which may be ``residual`` itself (the program
+    that writes an element has read it already), else to a new tensor.
+    ``rows_per_program`` (a power of two) and ``num_warps`` override
+    :func:`launch_config`.
+
+    An empty batch returns empty outputs without a launch; other inputs that
+    :func:`supports` rejects raise ``ValueError``.
+    """
+    weights = (w_post_attn, w_pre_ff, w_router, w_pre_ff_2)
+    if residual_out is None:
+        residual_out = torch.empty_like(attn_out)
+    elif (
+        residual_out.shape != attn_out.shape
+        or residual_out.dtype != attn_out.dtype
+        or not residual_out.is_contiguous()
+    ):
+        raise ValueError("residual_out must be contiguous, shaped and typed like attn_out")
+    dense_in = torch.empty_like(attn_out)
+    router_in = torch.empty_like(attn_out)
+    moe_in = torch.empty_like(attn_out)
+    outputs = residual_out, dense_in, router_in, moe_in
+    if attn_out.dim() == 2 and attn_out.shape[0] == 0 and residual.shape == attn_out.shape:
+        return outputs
+    if not supports(attn_out, residual, weights):
+        raise ValueError(
+            "post_attn_triple_rmsnorm: unsupported inputs: attn_out "
+            f"{tuple(attn_out.shape)} {attn_out.dtype} on {attn_out.device} "
+            f"(contiguous={attn_out.is_contiguous()}), residual {tuple(residual.shape)} "
+            f"{residual.dtype} (contiguous={residual.is_contiguous()}), weights "
+            f"{[(tuple(w.shape), w.dtype, str(w.device)) for w in weights]}"
+        )
+    n_rows, hidden = attn_out.shape
+    config = launch_config(hidden)
+    rows = rows_per_program or config.rows_per_program
+    if rows & (rows - 1):
+        raise ValueError(f"rows_per_program must be a power of two, got {rows}")
+    _post_attn_triple_rmsnorm_kernel[(triton.cdiv(n_rows, rows),)](
+        attn_out,
+        residual,
+        w_post_attn,
+        w_pre_ff,
+        w_router,
+        w_pre_ff_2,
+        residual_out,
+        dense_in,
+        router_in,
+        moe_in,
+        n_rows,
+        hidden,
+        eps,
+        ROWS=rows,
+        BLOCK_H=config.block_h,
+        BF16_RNE_BY_BITS=triton_interpreting() and attn_out.dtype == torch.bfloat16,
+        num_warps=num_warps or config.num_warps,
+    )
+    return outputs

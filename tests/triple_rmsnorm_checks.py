@@ -1,0 +1,73 @@
+"""Inputs and comparisons shared by the CPU and GPU triple-RMSNorm tests (torch only)."""
+
+from __future__ import annotations
+
+import torch
+
+EPS = 1e-6
+OUTPUT_NAMES = ("r", "dense_in", "router_in", "moe_in")
+
+# Input magnitudes: O(1); large (squares still far from fp16's range once
+# accumulated in fp32); tiny, where eps outweighs mean(x**2).
+SCALES = {"random": 1.0, "large": 300.0, "tiny": 1e-4}
+
+
+def triple_norm_inputs(
+    tokens: int,
+    hidden: int,
+    dtype: torch.dtype,
+    *,
+    scale: float = 1.0,
+    seed: int = 0,
+    zero_row: bool = False,
+    device: str | torch.device = "cpu",
+) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    """``(attn_out, residual, [w_post_attn, w_pre_ff, w_router, w_pre_ff_2])``.
+
+    Weights near 1 in the activation dtype, except the router's, which is a
+    folded ``scale * hidden**-0.5`` as in SGLang. ``zero_row`` zeroes the middle
+    row of both activations.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    attn_out = scale * torch.randn(tokens, hidden, generator=gen)
+    residual = scale * torch.randn(tokens, hidden, generator=gen)
+    if zero_row and tokens:
+        attn_out[tokens // 2] = 0
+        residual[tokens // 2] = 0
+    weights = [1.0 + 0.3 * torch.randn(hidden, generator=gen) for _ in range(4)]
+    weights[2] = weights[2] * hidden**-0.5
+    return (
+        attn_out.to(device, dtype),
+        residual.to(device, dtype),
+        [w.to(device, dtype) for w in weights],
+    )
+
+
+def assert_within_one_rounding(
+    actual: torch.Tensor, expected: torch.Tensor, name: str, *, max_share: float = 1e-3
+) -> None:
+    """``actual`` equals ``expected`` up to how fp32 sums and rsqrt are computed.
+
+    bf16/fp16: few elements differ (``max_share``), each by at most two units of
+    the last place at the row's scale: a final rounding fell on the other side
+    of a boundary. A misplaced rounding point changes ~20% of elements, so the
+    share separates the two cases by orders of magnitude. fp32: every element
+    may differ in its last bits; each stays within 16 ulps of the row's scale.
+    """
+    assert actual.shape == expected.shape and actual.dtype == expected.dtype, name
+    if actual.numel() == 0:
+        return
+    a, e = actual.float(), expected.float()
+    assert torch.isfinite(a).all(), f"{name}: non-finite output"
+    ulp = torch.finfo(actual.dtype).eps
+    ulps = 16 if actual.dtype == torch.float32 else 2
+    row_rms = e.pow(2).mean(dim=-1, keepdim=True).sqrt()
+    bound = ulps * ulp * (e.abs() + row_rms) + torch.finfo(actual.dtype).tiny
+    excess = (a - e).abs() - bound
+    assert excess.max().item() <= 0, (
+        f"{name}: max |diff| {(a - e).abs().max().item():.3g} beyond {ulps} ulps of the row scale"
+    )
+    if actual.dtype == torch.float32:
+        return
+    share = (actual != expected).float().mean().item()
+    assert share <= max_share, f"{name}: {share:.2%} of elements differ (allowed {max_share:.2%})"
