@@ -136,9 +136,10 @@ def _post_attn_triple_rmsnorm_kernel(
     offs = rows.to(tl.int64)[:, None] * hidden + cols[None, :]
     act = r_ptr.dtype.element_ty
 
-    x = tl.load(attn_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    res = tl.load(res_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    w_post = tl.load(w_post_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
+    # Activations are read once, the weights by every row: keep the weights in L2.
+    x = tl.load(attn_ptr + offs, mask=mask, other=0.0, eviction_policy="evict_first").to(tl.float32)
+    res = tl.load(res_ptr + offs, mask=mask, other=0.0, eviction_policy="evict_first").to(tl.float32)
+    w_post = tl.load(w_post_ptr + cols, mask=col_ok, other=0.0, eviction_policy="evict_last").to(tl.float32)
 
     inv_x = tl.rsqrt(tl.sum(x * x, axis=1) / hidden + eps)
     # The post-attention norm's output is stored in the activation dtype before
@@ -149,7 +150,7 @@ def _post_attn_triple_rmsnorm_kernel(
     tl.store(r_ptr + offs, r, mask=mask)
 
     # fused_add_rmsnorm normalizes the unrounded fp32 sum...
-    w_pre_ff = tl.load(w_pre_ff_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
+    w_pre_ff = tl.load(w_pre_ff_ptr + cols, mask=col_ok, other=0.0, eviction_policy="evict_last").to(tl.float32)
     inv_s = tl.rsqrt(tl.sum(s * s, axis=1) / hidden + eps)
     dense = (s * inv_s[:, None]) * w_pre_ff[None, :]
     tl.store(dense_ptr + offs, _round_to(dense, act, BF16_RNE_BY_BITS), mask=mask)
@@ -158,9 +159,9 @@ def _post_attn_triple_rmsnorm_kernel(
     r32 = r.to(tl.float32)
     inv_r = tl.rsqrt(tl.sum(r32 * r32, axis=1) / hidden + eps)
     r_normed = r32 * inv_r[:, None]
-    w_router = tl.load(w_router_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
+    w_router = tl.load(w_router_ptr + cols, mask=col_ok, other=0.0, eviction_policy="evict_last").to(tl.float32)
     tl.store(router_ptr + offs, _round_to(r_normed * w_router[None, :], act, BF16_RNE_BY_BITS), mask=mask)
-    w_pre_ff_2 = tl.load(w_pre_ff_2_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
+    w_pre_ff_2 = tl.load(w_pre_ff_2_ptr + cols, mask=col_ok, other=0.0, eviction_policy="evict_last").to(tl.float32)
     tl.store(moe_ptr + offs, _round_to(r_normed * w_pre_ff_2[None, :], act, BF16_RNE_BY_BITS), mask=mask)
 
 
