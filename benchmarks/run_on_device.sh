@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Run on the GPU machine (torch + triton, no sglang), from the repo root:
+#   bash benchmarks/run_on_device.sh [test-path-or-expr] -- benchmark_a benchmark_b ...
+# GPU tests first, then each benchmark; all logs, JSON and plots go into one
+# tarball under $OUT (the device returns at most 8 files).
+set -u
+export PYTHONPATH=python PYTHONUNBUFFERED=1
+final_out=${OUT:?set OUT}
+work=$(mktemp -d)
+export OUT=$work
+tests=()
+while [ $# -gt 0 ] && [ "$1" != "--" ]; do tests+=("$1"); shift; done
+[ $# -gt 0 ] && shift
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv > "$work/gpu.txt" 2>&1
+python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$work/gpu.txt"
+if [ ${#tests[@]} -gt 0 ]; then
+  python3 -m pytest "${tests[@]}" -q -p no:cacheprovider 2>&1 | tee "$work/gpu_tests.log" | tail -25
+fi
+for b in "$@"; do
+  echo "=== $b"
+  timeout 420 python3 "benchmarks/$b.py" > "$work/$b.log" 2>&1
+  echo "exit $?"; tail -30 "$work/$b.log"
+done
+tar -C "$work" -cf "$final_out/results.tar" .
