@@ -181,14 +181,16 @@ def allow_one_compile_per_shape() -> None:
 
 
 def check_outputs_agree(t: NormInputs, impls: dict[str, Callable]) -> None:
-    """Every implementation computes the reference's four outputs (to a bf16
-    rounding) before it is timed; in-place ones on a copy of the residual."""
+    """Every implementation computes the reference's four outputs (to two bf16
+    roundings: Inductor sums the squares in another order, which moves a handful
+    of elements per million by one ulp, sometimes a second rounding later) before
+    it is timed; in-place ones on a copy of the residual."""
     want = eager_reference(t)
     for name, fn in impls.items():
         got = fn(t.fresh())
         for label, g, w in zip(("r", "dense_in", "router_in", "moe_in"), got, want):
             torch.testing.assert_close(
-                g.float(), w.float(), rtol=2**-7, atol=2**-6, msg=lambda m: f"{name} {label}: {m}"
+                g.float(), w.float(), rtol=2**-6, atol=2**-6, msg=lambda m: f"{name} {label}: {m}"
             )
 
 
