@@ -1,0 +1,477 @@
+"""End of a Gemma-4 decoder layer with the next layer's ``input_layernorm`` folded in.
+
+A Gemma-4 layer ends by writing the new hidden stream ``h`` (SGLang 0.5.23's
+``ReplaceAtExit`` residual: the layer computes the whole next stream itself);
+the next layer then starts by reading ``h`` back for its input norm
+(``NormQuantReadout.read`` -> ``RMSNorm`` -> ``sgl_kernel.rmsnorm``). Here one
+launch writes both: ``h`` and ``next_in = rmsnorm(h, w_next)``.
+
+Gemma-4 RMSNorm (no "+1" on the weight, fp32 inside)::
+
+    rmsnorm(x, w) = x * rsqrt(sum(x**2) / hidden + eps) * w
+
+The three layer kinds end differently; the rounding points follow what SGLang
+0.5.23 runs on CUDA for bf16/fp16 activations (``round`` = to the activation
+dtype, to nearest even; ``s`` = ``layer_scalar`` read as fp32):
+
+* dense layer (31B), ``gemma_rmsnorm_residual_scalar``: one Triton kernel,
+  fp32 throughout, one rounding at the store::
+
+      h = round((rmsnorm(x, w_post_ff) + residual) * s)
+
+* MoE layer (26B-A4B), ``gemma_dual_rmsnorm_residual_scalar`` after the dense
+  and expert branches: one Triton kernel, fp32 throughout, one rounding::
+
+      h = round((rmsnorm(rmsnorm(h1, w1) + rmsnorm(h2, w2), w3) + residual) * s)
+
+* PLE layer (E2B/E4B), the last stretch of the eager PLE tail after the
+  projection GEMM: three eager ops (``Gemma4RMSNorm``, ``+``, ``*``), each
+  rounding its output::
+
+      h = round(round(round(rmsnorm(x, w_post_ple)) + residual) * s)
+
+  Eager ``bf16[T, H] * layer_scalar`` promotes to fp32 if the scalar is fp32,
+  so the PLE variant requires a scalar of the activation dtype.
+
+The next layer's norm then reads the *stored* ``h``::
+
+    next_in = round(rmsnorm(h, w_next))
+
+so this kernel normalizes the rounded ``h``, which is what SGLang computes with
+a separate launch. With fp32 activations every rounding is the identity.
+
+Traffic: one pass over each input row, two output rows written, weights from
+L2. One program holds ``ROWS`` whole rows in registers.
+
+Imports torch and triton only (the GPU benchmark machine has no sglang).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import triton
+import triton.language as tl
+
+from sglang_gemma4.kernels.support import (
+    FUSED_DTYPES,
+    MAX_FUSED_ROW,
+    is_rowmajor_2d,
+    triton_can_run_on,
+    triton_interpreting,
+)
+
+# Which layer's end the kernel computes (a constexpr of the kernel).
+DENSE, MOE, PLE = 0, 1, 2
+
+
+# --------------------------------------------------------------------------- kernel
+
+
+@triton.jit
+def _round_to(x, act: tl.constexpr, BF16_RNE_BY_BITS: tl.constexpr):
+    """fp32 ``x`` rounded to ``act`` (nearest even), returned in fp32.
+
+    Triton's interpreter truncates fp32 -> bf16 casts where compiled code rounds
+    to nearest even; under the interpreter bf16 is rounded on the bit pattern
+    (NaN kept), so the CPU tests see the rounding the GPU does.
+    """
+    if BF16_RNE_BY_BITS:
+        bits = x.to(tl.uint32, bitcast=True)
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+        return tl.where(x != x, x, bits.to(tl.float32, bitcast=True))
+    else:
+        return x.to(act).to(tl.float32)
+
+
+@triton.jit
+def _inv_rms(x, hidden, eps):
+    return tl.rsqrt(tl.sum(x * x, axis=1) / hidden + eps)
+
+
+@triton.jit
+def _end_of_layer_norm_kernel(
+    x_ptr,
+    x2_ptr,
+    res_ptr,
+    scalar_ptr,
+    w_a_ptr,
+    w_b_ptr,
+    w_c_ptr,
+    w_next_ptr,
+    out_ptr,
+    next_ptr,
+    n_rows,
+    hidden,
+    x_stride,
+    x2_stride,
+    res_stride,
+    eps,
+    MODE: tl.constexpr,
+    ROWS: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    BF16_RNE_BY_BITS: tl.constexpr,
+):
+    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    # int64: rows * stride passes 2**31 at ~400k tokens of hidden 5376.
+    rows64 = rows.to(tl.int64)[:, None]
+    cols = tl.arange(0, BLOCK_H)
+    col_ok = cols < hidden
+    mask = (rows[:, None] < n_rows) & col_ok[None, :]
+    act = out_ptr.dtype.element_ty
+
+    # Activations are read once; the weights by every program, so they stay in L2.
+    x = tl.load(x_ptr + rows64 * x_stride + cols[None, :], mask=mask, other=0.0, eviction_policy="evict_first")
+    res = tl.load(res_ptr + rows64 * res_stride + cols[None, :], mask=mask, other=0.0, eviction_policy="evict_first")
+    x = x.to(tl.float32)
+    res = res.to(tl.float32)
+    scalar = tl.load(scalar_ptr).to(tl.float32)
+    w_a = tl.load(w_a_ptr + cols, mask=col_ok, other=0.0, eviction_policy="evict_last").to(tl.float32)
+
+    if MODE == 1:
+        # Dense and expert branches, each normalized, summed and normalized
+        # again, all in fp32 (SGLang's dual kernel stores nothing in between).
+        x2 = tl.load(x2_ptr + rows64 * x2_stride + cols[None, :], mask=mask, other=0.0, eviction_policy="evict_first")
+        x2 = x2.to(tl.float32)
+        w_b = tl.load(w_b_ptr + cols, mask=col_ok, other=0.0, eviction_policy="evict_last").to(tl.float32)
+        w_c = tl.load(w_c_ptr + cols, mask=col_ok, other=0.0, eviction_policy="evict_last").to(tl.float32)
+        combined = x * _inv_rms(x, hidden, eps)[:, None] * w_a[None, :]
+        combined = combined + x2 * _inv_rms(x2, hidden, eps)[:, None] * w_b[None, :]
+        normed = combined * _inv_rms(combined, hidden, eps)[:, None] * w_c[None, :]
+        h = _round_to((normed + res) * scalar, act, BF16_RNE_BY_BITS)
+    elif MODE == 2:
+        # Eager PLE tail: norm, add and scale each store their output.
+        normed = _round_to(x * _inv_rms(x, hidden, eps)[:, None] * w_a[None, :], act, BF16_RNE_BY_BITS)
+        summed = _round_to(normed + res, act, BF16_RNE_BY_BITS)
+        h = _round_to(summed * scalar, act, BF16_RNE_BY_BITS)
+    else:
+        h = _round_to((x * _inv_rms(x, hidden, eps)[:, None] * w_a[None, :] + res) * scalar, act, BF16_RNE_BY_BITS)
+    out_offs = rows64 * hidden + cols[None, :]
+    tl.store(out_ptr + out_offs, h.to(act), mask=mask)
+
+    # The next layer's input norm of the stored (rounded) stream.
+    w_next = tl.load(w_next_ptr + cols, mask=col_ok, other=0.0, eviction_policy="evict_last").to(tl.float32)
+    next_in = h * _inv_rms(h, hidden, eps)[:, None] * w_next[None, :]
+    tl.store(next_ptr + out_offs, _round_to(next_in, act, BF16_RNE_BY_BITS).to(act), mask=mask)
+
+
+# --------------------------------------------------------------------------- launch
+
+
+class EndOfLayerLaunch(NamedTuple):
+    block_h: int
+    rows_per_program: int
+    num_warps: int
+
+
+def launch_config(hidden: int) -> EndOfLayerLaunch:
+    """How to launch the kernel for rows of ``hidden`` elements.
+
+    A whole row lives in registers (``block_h`` is ``hidden`` rounded up to a
+    power of two). Narrow rows go several to a program so each program moves a
+    few KB; wide rows get more warps so each thread holds ~8-16 elements of each
+    live row instead of spilling.
+    """
+    block_h = triton.next_power_of_2(hidden)
+    return EndOfLayerLaunch(
+        block_h=block_h,
+        rows_per_program=max(1, min(16, 2048 // block_h)),
+        num_warps=min(16, max(4, block_h // 512)),
+    )
+
+
+# --------------------------------------------------------------------------- support checks
+
+
+def _activation_problem(name: str, t: torch.Tensor, like: torch.Tensor | None) -> str | None:
+    if not is_rowmajor_2d(t):
+        return f"{name} must be 2-D with unit last stride, got shape {tuple(t.shape)} strides {t.stride()}"
+    if like is None:
+        if t.dtype not in FUSED_DTYPES:
+            return f"{name} dtype {t.dtype} is not one of {FUSED_DTYPES}"
+        if not triton_can_run_on(t):
+            return f"{name} is on {t.device}, where Triton cannot run"
+        if not 0 < t.shape[1] <= MAX_FUSED_ROW:
+            return f"{name} rows of {t.shape[1]} elements (supported: 1..{MAX_FUSED_ROW})"
+        return None
+    if t.shape != like.shape or t.dtype != like.dtype or t.device != like.device:
+        return (
+            f"{name} {tuple(t.shape)} {t.dtype} on {t.device} differs from "
+            f"{tuple(like.shape)} {like.dtype} on {like.device}"
+        )
+    return None
+
+
+def _weight_problem(name: str, w: torch.Tensor, x: torch.Tensor) -> str | None:
+    if w.dim() != 1 or w.shape[0] != x.shape[1] or w.stride(0) != 1:
+        return f"{name} must be contiguous 1-D of length {x.shape[1]}, got {tuple(w.shape)}"
+    if w.dtype not in FUSED_DTYPES:
+        return f"{name} dtype {w.dtype} is not one of {FUSED_DTYPES}"
+    if w.device != x.device:
+        return f"{name} is on {w.device}, not {x.device}"
+    return None
+
+
+def _scalar_problem(scalar: torch.Tensor, x: torch.Tensor, *, same_dtype: bool) -> str | None:
+    if scalar.numel() != 1 or scalar.device != x.device:
+        return f"layer_scalar must be one element on {x.device}, got {tuple(scalar.shape)} on {scalar.device}"
+    if scalar.dtype not in FUSED_DTYPES:
+        return f"layer_scalar dtype {scalar.dtype} is not one of {FUSED_DTYPES}"
+    if same_dtype and scalar.dtype != x.dtype:
+        return f"layer_scalar dtype {scalar.dtype} differs from {x.dtype} (eager would promote the output)"
+    return None
+
+
+def _problem(
+    mode: int,
+    x: torch.Tensor,
+    x2: torch.Tensor | None,
+    residual: torch.Tensor,
+    layer_scalar: torch.Tensor,
+    weights: tuple[tuple[str, torch.Tensor], ...],
+) -> str | None:
+    problem = _activation_problem("x", x, None) or _activation_problem("residual", residual, x)
+    if problem is None and x2 is not None:
+        problem = _activation_problem("h_moe", x2, x)
+    if problem is None:
+        problem = _scalar_problem(layer_scalar, x, same_dtype=mode == PLE)
+    for name, w in weights:
+        problem = problem or _weight_problem(name, w, x)
+    return problem
+
+
+def _dense_problem(x, w_post_ff, residual, layer_scalar, w_next) -> str | None:
+    return _problem(DENSE, x, None, residual, layer_scalar, (("w_post_ff", w_post_ff), ("w_next", w_next)))
+
+
+def _moe_problem(h_dense, w_post_ff_1, h_moe, w_post_ff_2, w_post_ff, residual, layer_scalar, w_next) -> str | None:
+    weights = (("w_post_ff_1", w_post_ff_1), ("w_post_ff_2", w_post_ff_2), ("w_post_ff", w_post_ff), ("w_next", w_next))
+    return _problem(MOE, h_dense, h_moe, residual, layer_scalar, weights)
+
+
+def _ple_problem(x, w_post_ple, residual, layer_scalar, w_next) -> str | None:
+    return _problem(PLE, x, None, residual, layer_scalar, (("w_post_ple", w_post_ple), ("w_next", w_next)))
+
+
+def supports_dense(x, w_post_ff, residual, layer_scalar, w_next) -> bool:
+    """Whether :func:`dense_end_of_layer_norm` runs on these inputs.
+
+    Activations 2-D with unit last stride (rows may be spaced), one dtype in
+    ``FUSED_DTYPES``, 1..``MAX_FUSED_ROW`` columns, on a device Triton runs on;
+    weights contiguous 1-D of the row length; ``layer_scalar`` one element of
+    any fused dtype. Zero rows are fine (no launch).
+    """
+    return _dense_problem(x, w_post_ff, residual, layer_scalar, w_next) is None
+
+
+def supports_moe(h_dense, w_post_ff_1, h_moe, w_post_ff_2, w_post_ff, residual, layer_scalar, w_next) -> bool:
+    """Whether :func:`moe_end_of_layer_norm` runs on these inputs (as :func:`supports_dense`)."""
+    return _moe_problem(h_dense, w_post_ff_1, h_moe, w_post_ff_2, w_post_ff, residual, layer_scalar, w_next) is None
+
+
+def supports_ple(x, w_post_ple, residual, layer_scalar, w_next) -> bool:
+    """As :func:`supports_dense`, and ``layer_scalar`` must have the activation dtype."""
+    return _ple_problem(x, w_post_ple, residual, layer_scalar, w_next) is None
+
+
+# --------------------------------------------------------------------------- wrappers
+
+
+def _launch(
+    mode: int,
+    problem: str | None,
+    x: torch.Tensor,
+    x2: torch.Tensor | None,
+    residual: torch.Tensor,
+    layer_scalar: torch.Tensor,
+    w_a: torch.Tensor,
+    w_b: torch.Tensor | None,
+    w_c: torch.Tensor | None,
+    w_next: torch.Tensor,
+    eps: float,
+    out: torch.Tensor | None,
+    rows_per_program: int | None,
+    num_warps: int | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    if problem is not None:
+        raise ValueError(f"end_of_layer_norm: unsupported inputs: {problem}")
+    if out is None:
+        out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    elif out.shape != x.shape or out.dtype != x.dtype or out.device != x.device or not out.is_contiguous():
+        raise ValueError("out must be contiguous and shaped, typed and placed like the activations")
+    next_in = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    n_rows, hidden = x.shape
+    if n_rows == 0:
+        return out, next_in
+    config = launch_config(hidden)
+    rows = rows_per_program or config.rows_per_program
+    if rows & (rows - 1):
+        raise ValueError(f"rows_per_program must be a power of two, got {rows}")
+    x2 = x if x2 is None else x2
+    _end_of_layer_norm_kernel[(triton.cdiv(n_rows, rows),)](
+        x,
+        x2,
+        residual,
+        layer_scalar,
+        w_a,
+        w_a if w_b is None else w_b,
+        w_a if w_c is None else w_c,
+        w_next,
+        out,
+        next_in,
+        n_rows,
+        hidden,
+        x.stride(0),
+        x2.stride(0),
+        residual.stride(0),
+        eps,
+        MODE=mode,
+        ROWS=rows,
+        BLOCK_H=config.block_h,
+        BF16_RNE_BY_BITS=triton_interpreting() and x.dtype == torch.bfloat16,
+        num_warps=num_warps or config.num_warps,
+    )
+    return out, next_in
+
+
+def dense_end_of_layer_norm(
+    x: torch.Tensor,
+    w_post_ff: torch.Tensor,
+    residual: torch.Tensor,
+    layer_scalar: torch.Tensor,
+    w_next: torch.Tensor,
+    eps: float,
+    *,
+    out: torch.Tensor | None = None,
+    rows_per_program: int | None = None,
+    num_warps: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(h, next_in)`` of a dense layer's end, one launch.
+
+    ``h = round((rmsnorm(x, w_post_ff) + residual) * layer_scalar)`` (fp32 inside,
+    one rounding) and ``next_in = round(rmsnorm(h, w_next))`` of the rounded
+    ``h``. ``x`` (the MLP output) and ``residual``: ``[T, H]``, unit last
+    stride, one dtype; weights ``[H]``; ``layer_scalar`` one element, read on the
+    device. ``h`` goes to ``out`` when given (may be ``residual`` itself: each
+    program reads its rows before writing them). ``eps`` serves both norms.
+    Unsupported inputs (see :func:`supports_dense`) raise ``ValueError``.
+    """
+    problem = _dense_problem(x, w_post_ff, residual, layer_scalar, w_next)
+    return _launch(
+        DENSE, problem, x, None, residual, layer_scalar, w_post_ff, None, None, w_next, eps,
+        out, rows_per_program, num_warps,
+    )
+
+
+def moe_end_of_layer_norm(
+    h_dense: torch.Tensor,
+    w_post_ff_1: torch.Tensor,
+    h_moe: torch.Tensor,
+    w_post_ff_2: torch.Tensor,
+    w_post_ff: torch.Tensor,
+    residual: torch.Tensor,
+    layer_scalar: torch.Tensor,
+    w_next: torch.Tensor,
+    eps: float,
+    *,
+    out: torch.Tensor | None = None,
+    rows_per_program: int | None = None,
+    num_warps: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(h, next_in)`` of a MoE layer's end, one launch.
+
+    ``h = round((rmsnorm(rmsnorm(h_dense, w_post_ff_1) + rmsnorm(h_moe, w_post_ff_2),
+    w_post_ff) + residual) * layer_scalar)`` in fp32 with one rounding, and
+    ``next_in = round(rmsnorm(h, w_next))`` of the rounded ``h``. Arguments as in
+    :func:`dense_end_of_layer_norm`; ``h_dense``/``h_moe`` are the two branch outputs.
+    """
+    problem = _moe_problem(h_dense, w_post_ff_1, h_moe, w_post_ff_2, w_post_ff, residual, layer_scalar, w_next)
+    return _launch(
+        MOE, problem, h_dense, h_moe, residual, layer_scalar, w_post_ff_1, w_post_ff_2, w_post_ff, w_next, eps,
+        out, rows_per_program, num_warps,
+    )
+
+
+def ple_end_of_layer_norm(
+    x: torch.Tensor,
+    w_post_ple: torch.Tensor,
+    residual: torch.Tensor,
+    layer_scalar: torch.Tensor,
+    w_next: torch.Tensor,
+    eps: float,
+    *,
+    out: torch.Tensor | None = None,
+    rows_per_program: int | None = None,
+    num_warps: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(h, next_in)`` of a PLE layer's end, one launch.
+
+    ``h = round(round(round(rmsnorm(x, w_post_ple)) + residual) * layer_scalar)``
+    (the eager ops' roundings) and ``next_in = round(rmsnorm(h, w_next))``. ``x`` is
+    the per-layer projection's output, ``residual`` the stream after the FFN
+    (``h`` of the PLE tail's first stretch); ``layer_scalar`` must have the
+    activation dtype. Otherwise as :func:`dense_end_of_layer_norm`.
+    """
+    problem = _ple_problem(x, w_post_ple, residual, layer_scalar, w_next)
+    return _launch(
+        PLE, problem, x, None, residual, layer_scalar, w_post_ple, None, None, w_next, eps,
+        out, rows_per_program, num_warps,
+    )
+
+
+# --------------------------------------------------------------------------- references
+
+
+def _rmsnorm_fp32(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
+    xf = x.float()
+    return xf * torch.rsqrt(xf.pow(2).mean(dim=-1, keepdim=True) + eps) * w.float()
+
+
+def _scalar_fp32(layer_scalar: torch.Tensor) -> torch.Tensor:
+    return layer_scalar.float().reshape(())
+
+
+def next_input_norm_reference(h: torch.Tensor, w_next: torch.Tensor, eps: float) -> torch.Tensor:
+    """The next layer's ``input_layernorm`` as its own launch: ``round(rmsnorm(h, w_next))``."""
+    return _rmsnorm_fp32(h, w_next, eps).to(h.dtype)
+
+
+def dense_end_of_layer_reference(x, w_post_ff, residual, layer_scalar, eps) -> torch.Tensor:
+    """SGLang's ``gemma_rmsnorm_residual_scalar``: ``round((rmsnorm(x, w) + residual) * s)``, fp32 inside."""
+    return ((_rmsnorm_fp32(x, w_post_ff, eps) + residual.float()) * _scalar_fp32(layer_scalar)).to(x.dtype)
+
+
+def moe_end_of_layer_reference(h_dense, w_post_ff_1, h_moe, w_post_ff_2, w_post_ff, residual, layer_scalar, eps):
+    """SGLang's ``gemma_dual_rmsnorm_residual_scalar``, fp32 inside, one rounding."""
+    combined = _rmsnorm_fp32(h_dense, w_post_ff_1, eps) + _rmsnorm_fp32(h_moe, w_post_ff_2, eps)
+    normed = _rmsnorm_fp32(combined, w_post_ff, eps)
+    return ((normed + residual.float()) * _scalar_fp32(layer_scalar)).to(h_dense.dtype)
+
+
+def ple_end_of_layer_reference(x, w_post_ple, residual, layer_scalar, eps) -> torch.Tensor:
+    """The eager PLE tail's last three ops, each rounding its output."""
+    dtype = x.dtype
+    normed = _rmsnorm_fp32(x, w_post_ple, eps).to(dtype)
+    summed = (normed.float() + residual.float()).to(dtype)
+    return (summed.float() * _scalar_fp32(layer_scalar)).to(dtype)
+
+
+def dense_end_of_layer_norm_reference(x, w_post_ff, residual, layer_scalar, w_next, eps):
+    """``(h, next_in)`` as SGLang's two launches compute them (fp32 arithmetic)."""
+    h = dense_end_of_layer_reference(x, w_post_ff, residual, layer_scalar, eps)
+    return h, next_input_norm_reference(h, w_next, eps)
+
+
+def moe_end_of_layer_norm_reference(
+    h_dense, w_post_ff_1, h_moe, w_post_ff_2, w_post_ff, residual, layer_scalar, w_next, eps
+):
+    """``(h, next_in)`` as SGLang's two launches compute them (fp32 arithmetic)."""
+    h = moe_end_of_layer_reference(h_dense, w_post_ff_1, h_moe, w_post_ff_2, w_post_ff, residual, layer_scalar, eps)
+    return h, next_input_norm_reference(h, w_next, eps)
+
+
+def ple_end_of_layer_norm_reference(x, w_post_ple, residual, layer_scalar, w_next, eps):
+    """``(h, next_in)`` as SGLang's eager ops and the next layer's norm compute them."""
+    h = ple_end_of_layer_reference(x, w_post_ple, residual, layer_scalar, eps)
+    return h, next_input_norm_reference(h, w_next, eps)

@@ -1,0 +1,157 @@
+"""End-of-layer kernels (next layer's input norm folded in) against their fp32
+references, on CPU tensors under Triton's interpreter, tiny shapes; and which
+inputs the ``supports_*`` predicates turn away.
+
+The GPU twin (tests/gpu/test_end_of_layer_norm_gpu.py) runs the real shapes.
+"""
+
+import dataclasses
+
+import pytest
+import torch
+
+from sglang_gemma4.kernels import end_of_layer_norm as eol
+from sglang_gemma4.kernels.support import MAX_FUSED_ROW
+from tests.end_of_layer_norm_checks import (
+    EPS,
+    KINDS,
+    SCALES,
+    assert_within_one_rounding,
+    check_case,
+    end_of_layer_case,
+)
+
+pytestmark = pytest.mark.interpret
+
+DTYPES = [torch.bfloat16, torch.float16, torch.float32]
+SHAPES = [(1, 128), (3, 128), (17, 128), (3, 1000), (1, 2816)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("tokens,hidden", SHAPES)
+@pytest.mark.parametrize("kind", KINDS)
+def test_kernel_matches_reference(kind, tokens, hidden, dtype):
+    check_case(end_of_layer_case(kind, tokens, hidden, dtype, seed=tokens + hidden))
+
+
+@pytest.mark.parametrize("scale", SCALES.values(), ids=SCALES.keys())
+@pytest.mark.parametrize("kind", KINDS)
+def test_magnitudes_and_zero_row(kind, scale):
+    case = end_of_layer_case(kind, 9, 128, torch.bfloat16, scale=scale, zero_row=True, seed=5)
+    h, next_in = check_case(case)
+    # rsqrt(0 + eps) is finite: an all-zero row (residual included) stays zero.
+    assert torch.count_nonzero(h[4]) == 0 and torch.count_nonzero(next_in[4]) == 0
+
+
+def test_fp32_scalar_with_bf16_activations():
+    # SGLang's fused dense/MoE kernels read the scalar as fp32 whatever its dtype.
+    for kind in ("dense", "moe"):
+        check_case(end_of_layer_case(kind, 5, 128, torch.bfloat16, scalar_dtype=torch.float32, seed=3))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_rounding_points_are_observable(kind):
+    """The bf16 comparison would catch a misplaced rounding: the PLE layer's
+    three roundings and the dense layer's single rounding disagree on far more
+    elements than :func:`assert_within_one_rounding` allows."""
+    case = end_of_layer_case(kind if kind != "moe" else "dense", 64, 128, torch.bfloat16, seed=9)
+    x, w, residual, scalar, _ = case.args
+    once = eol.dense_end_of_layer_reference(x, w, residual, scalar, EPS)
+    thrice = eol.ple_end_of_layer_reference(x, w, residual, scalar, EPS)
+    with pytest.raises(AssertionError, match="elements differ"):
+        assert_within_one_rounding(once, thrice, "dense vs ple rounding")
+
+
+def test_next_in_normalizes_the_rounded_stream():
+    """``next_in`` is the norm of the *stored* bf16 ``h``: the norm of the unrounded
+    fp32 stream differs on many elements."""
+    case = end_of_layer_case("dense", 64, 128, torch.bfloat16, seed=21)
+    x, w, residual, scalar, w_next = case.args
+    _, next_in = case.run()
+    unrounded = (eol._rmsnorm_fp32(x, w, EPS) + residual.float()) * scalar.float()
+    from_unrounded = eol._rmsnorm_fp32(unrounded, w_next, EPS).to(torch.bfloat16)
+    assert (next_in != from_unrounded).float().mean().item() > 0.01
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_written_in_place_over_residual(kind):
+    case = end_of_layer_case(kind, 5, 128, torch.bfloat16, seed=11)
+    want_h, want_next = case.expected()
+    residual = case.residual
+    h, next_in = case.run(out=residual)
+    assert h.data_ptr() == residual.data_ptr()
+    assert_within_one_rounding(h, want_h, "h")
+    assert_within_one_rounding(next_in, want_next, "next_in")
+
+
+def test_row_strided_inputs():
+    case = end_of_layer_case("moe", 6, 128, torch.float16, seed=2)
+    wide = torch.randn(6, 200, dtype=torch.float16)
+    args = list(case.args)
+    wide[:, :128] = args[0]
+    args[0] = wide[:, :128]  # rows spaced 200 apart, as a split GEMM output would be
+    assert args[0].stride(0) == 200
+    check_case(dataclasses.replace(case, args=tuple(args)))
+
+
+@pytest.mark.parametrize("rows_per_program,num_warps", [(1, 1), (4, 2), (16, 8)])
+def test_launch_overrides_do_not_change_results(rows_per_program, num_warps):
+    case = end_of_layer_case("moe", 17, 128, torch.bfloat16, seed=13)
+    default = case.run()
+    other = case.run(rows_per_program=rows_per_program, num_warps=num_warps)
+    for a, b in zip(default, other):
+        assert torch.equal(a, b)
+
+
+def test_launch_config():
+    assert eol.launch_config(128) == (128, 16, 4)
+    assert eol.launch_config(2816) == (4096, 1, 8)
+    assert eol.launch_config(5376) == (8192, 1, 16)
+
+
+def _unsupported(kind: str) -> dict[str, tuple]:
+    case = end_of_layer_case(kind, 4, 128, torch.bfloat16)
+    a = case.args
+    x = a[0]
+    w_next = a[-1]
+    return {
+        "transposed_x": (x.t().contiguous().t(), *a[1:]),
+        "3d_x": (x[None], *a[1:]),
+        "float64": tuple(t.double() for t in a),
+        "int": tuple(t.to(torch.int32) for t in a),
+        "mixed_residual_dtype": (*a[:-3], a[-3].half(), *a[-2:]),
+        "hidden_over_max": tuple(
+            torch.zeros(*t.shape[:-1], MAX_FUSED_ROW + 128, dtype=t.dtype) if t.numel() > 1 else t for t in a
+        ),
+        "short_next_weight": (*a[:-1], w_next[:64]),
+        "two_element_scalar": (*a[:-2], torch.ones(2, dtype=x.dtype), w_next),
+        "meta_device": tuple(t.to("meta") for t in a),
+    }
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_supports_rejects_and_wrapper_raises(kind):
+    case = end_of_layer_case(kind, 4, 128, torch.bfloat16)
+    assert case.supports(*case.args)
+    for name, args in _unsupported(kind).items():
+        assert not case.supports(*args), name
+        with pytest.raises(ValueError, match="unsupported inputs"):
+            case.fused(*args, EPS)
+
+
+def test_ple_scalar_must_match_activation_dtype():
+    case = end_of_layer_case("ple", 4, 128, torch.bfloat16, scalar_dtype=torch.float32)
+    assert not case.supports(*case.args)
+    dense = end_of_layer_case("dense", 4, 128, torch.bfloat16, scalar_dtype=torch.float32)
+    assert dense.supports(*dense.args)
+
+
+def test_empty_batch_and_bad_overrides():
+    case = end_of_layer_case("dense", 0, 128, torch.bfloat16)
+    h, next_in = case.run()
+    assert h.shape == next_in.shape == (0, 128)
+    case = end_of_layer_case("dense", 4, 128, torch.bfloat16)
+    with pytest.raises(ValueError, match="power of two"):
+        case.run(rows_per_program=3)
+    with pytest.raises(ValueError, match="out must be"):
+        case.run(out=torch.empty(4, 128, dtype=torch.float16))

@@ -1,0 +1,68 @@
+"""End-of-layer kernels (next layer's input norm folded in) on the GPU at the real shapes.
+
+Runs on a CUDA machine with torch + triton and no sglang::
+
+    PYTHONPATH=python python3 -m pytest tests/gpu/test_end_of_layer_norm_gpu.py -q
+
+Outputs are compared with the fp32 references (torch ops on the same GPU) to
+within one final rounding (tests/end_of_layer_norm_checks.py).
+"""
+
+import pytest
+import torch
+
+from tests.end_of_layer_norm_checks import KINDS, SCALES, check_case, end_of_layer_case
+
+pytestmark = pytest.mark.gpu
+
+# E2B/E4B (PLE layers), 26B-A4B (MoE), 31B (dense); 1000: a row that is no power of two.
+HIDDENS = {"ple": [1536, 2560, 1000], "moe": [2816, 1000], "dense": [5376, 1000]}
+TOKENS = [1, 3, 17, 256, 4096]
+DTYPES = [torch.bfloat16, torch.float16, torch.float32]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("tokens", TOKENS)
+@pytest.mark.parametrize("kind,hidden", [(k, h) for k in KINDS for h in HIDDENS[k]])
+def test_kernel_matches_reference(kind, hidden, tokens, dtype):
+    check_case(end_of_layer_case(kind, tokens, hidden, dtype, seed=tokens, device="cuda"))
+
+
+@pytest.mark.parametrize("scale", SCALES.values(), ids=SCALES.keys())
+@pytest.mark.parametrize("kind", KINDS)
+def test_magnitudes_and_zero_row(kind, scale):
+    hidden = HIDDENS[kind][0]
+    h, next_in = check_case(
+        end_of_layer_case(kind, 33, hidden, torch.bfloat16, scale=scale, zero_row=True, seed=4, device="cuda")
+    )
+    assert torch.count_nonzero(h[16]) == 0 and torch.count_nonzero(next_in[16]) == 0
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_element_written(kind):
+    """``out`` poisoned with NaN before the call: no element is left unwritten."""
+    case = end_of_layer_case(kind, 300, HIDDENS[kind][0], torch.bfloat16, seed=8, device="cuda")
+    out = torch.full_like(case.residual, float("nan"))
+    h, next_in = case.run(out=out)
+    assert h.data_ptr() == out.data_ptr()
+    assert not h.isnan().any() and not next_in.isnan().any()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_cuda_graph_reads_scalar_on_device(kind):
+    """Captured once, replayed after the inputs and ``layer_scalar`` change in place:
+    the replay computes with the new values (nothing was read on the host)."""
+    case = end_of_layer_case(kind, 8, HIDDENS[kind][0], torch.bfloat16, seed=1, device="cuda")
+    case.run()  # compile outside the capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        h, next_in = case.run()
+    fresh = end_of_layer_case(kind, 8, HIDDENS[kind][0], torch.bfloat16, seed=2, device="cuda")
+    for dst, src in zip(case.args, fresh.args):
+        dst.copy_(src)
+    graph.replay()
+    torch.cuda.synchronize()
+    want_h, want_next = fresh.expected()
+    torch.testing.assert_close(h.float(), want_h.float(), rtol=2**-7, atol=2**-7)
+    torch.testing.assert_close(next_in.float(), want_next.float(), rtol=2**-7, atol=2**-7)
