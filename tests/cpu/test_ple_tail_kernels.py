@@ -1,0 +1,312 @@
+"""The fused PLE-tail kernels against their fp32 references, on CPU under Triton's interpreter.
+
+Shapes stay tiny (the interpreter costs ~10 ms per program); the full grid runs
+on the GPU machine (tests/gpu/test_ple_tail_gpu.py).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sglang_gemma4.kernels import ple_tail as pt
+from sglang_gemma4.kernels.support import MAX_FUSED_ROW
+
+pytestmark = [
+    pytest.mark.interpret,
+    # the interpreter evaluates with numpy, which warns where exp overflows to inf and -inf / inf is nan (both intended)
+    pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning"),
+    pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning"),
+]
+
+DTYPES = [torch.bfloat16, torch.float16, torch.float32]
+# Relative size of one unit in the last place (upper bound) per activation dtype.
+ULP = {torch.bfloat16: 2.0**-7, torch.float16: 2.0**-10, torch.float32: 2.0**-22}
+EPS = 1e-6
+
+
+def assert_matches_reference(out: torch.Tensor, ref: torch.Tensor, *, magnitude: float) -> None:
+    """Within one ulp, and (half dtypes) bit-identical on almost every element.
+
+    ``magnitude`` bounds the operands of the last add: a rounding flip at an
+    earlier rounding point can move the result by one ulp of *that*, even when
+    the result itself cancels to something small. Rounding at the wrong points
+    instead (or not at all) changes 10-40% of bf16/fp16 elements, which the
+    mismatch count catches.
+    """
+    assert out.shape == ref.shape and out.dtype == ref.dtype and out.is_contiguous()
+    ulp = ULP[out.dtype]
+    torch.testing.assert_close(out.float(), ref.float(), rtol=ulp, atol=ulp * magnitude, equal_nan=True)
+    if out.dtype != torch.float32:
+        differs = (out != ref) & ~(out.isnan() & ref.isnan())
+        assert differs.sum().item() <= max(2, 0.01 * out.numel()), f"{differs.sum().item()} of {out.numel()} differ"
+
+
+def adversarial_rows(tokens: int, hidden: int, dtype: torch.dtype, gen: torch.Generator) -> torch.Tensor:
+    """Rows of very different scales: tiny, huge, all-zero, one spike over a flat floor."""
+    x = torch.randn(tokens, hidden, generator=gen)
+    big = 1e3 if dtype == torch.float16 else 1e4
+    scales = [1.0, 1e-4, big, 0.0, 1.0]
+    for i in range(tokens):
+        x[i] *= scales[i % len(scales)]
+        if i % len(scales) == 4:
+            x[i] = 1e-2
+            x[i, hidden // 2] = big
+    return x.to(dtype)
+
+
+def make_norm_inputs(tokens: int, hidden: int, dtype: torch.dtype, *, adversarial: bool, seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    if adversarial:
+        x = adversarial_rows(tokens, hidden, dtype, gen)
+        residual = (torch.randn(tokens, hidden, generator=gen) * 3).to(dtype)
+        weight = (torch.randn(hidden, generator=gen) * 4).to(dtype)
+    else:
+        x = torch.randn(tokens, hidden, generator=gen).to(dtype)
+        residual = torch.randn(tokens, hidden, generator=gen).to(dtype)
+        weight = (1 + 0.1 * torch.randn(hidden, generator=gen)).to(dtype)
+    return x, weight, residual
+
+
+def operand_magnitude(*tensors: torch.Tensor) -> float:
+    return sum(t.float().abs().max().item() for t in tensors)
+
+
+NORM_CASES = [
+    # (tokens, hidden, adversarial)
+    (1, 128, False),
+    (3, 1536, False),
+    (1, 2560, False),
+    (17, 1001, False),
+    (17, 128, True),
+    (5, 2560, True),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("tokens,hidden,adversarial", NORM_CASES)
+def test_rmsnorm_add(tokens: int, hidden: int, adversarial: bool, dtype: torch.dtype) -> None:
+    x, weight, residual = make_norm_inputs(tokens, hidden, dtype, adversarial=adversarial)
+    out = pt.rmsnorm_add(x, weight, residual, EPS)
+    ref = pt.rmsnorm_add_reference(x, weight, residual, EPS)
+    normed = ref.float() - residual.float()
+    assert_matches_reference(out, ref, magnitude=operand_magnitude(normed, residual))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("tokens,hidden,adversarial", NORM_CASES)
+def test_rmsnorm_add_scale(tokens: int, hidden: int, adversarial: bool, dtype: torch.dtype) -> None:
+    x, weight, residual = make_norm_inputs(tokens, hidden, dtype, adversarial=adversarial, seed=1)
+    scale = torch.tensor([0.37 if not adversarial else 11.5], dtype=dtype)
+    out = pt.rmsnorm_add_scale(x, weight, residual, scale, EPS)
+    ref = pt.rmsnorm_add_scale_reference(x, weight, residual, scale, EPS)
+    normed = pt.rmsnorm_add_reference(x, weight, torch.zeros_like(residual), EPS)
+    assert_matches_reference(out, ref, magnitude=scale.float().item() * operand_magnitude(normed, residual))
+
+
+@pytest.mark.parametrize("kernel", ["rmsnorm_add", "rmsnorm_add_scale"])
+def test_norm_kernels_at_256_tokens(kernel: str) -> None:
+    x, weight, residual = make_norm_inputs(256, 128, torch.bfloat16, adversarial=True, seed=2)
+    if kernel == "rmsnorm_add":
+        out, ref = pt.rmsnorm_add(x, weight, residual, EPS), pt.rmsnorm_add_reference(x, weight, residual, EPS)
+    else:
+        scale = torch.tensor([0.5], dtype=torch.bfloat16)
+        out = pt.rmsnorm_add_scale(x, weight, residual, scale, EPS)
+        ref = pt.rmsnorm_add_scale_reference(x, weight, residual, scale, EPS)
+    normed = pt.rmsnorm_add_reference(x, weight, torch.zeros_like(residual), EPS)
+    assert_matches_reference(out, ref, magnitude=operand_magnitude(normed, residual))
+
+
+def test_norm_kernels_read_spaced_rows() -> None:
+    """x and residual may be column slices of wider buffers (row stride > hidden)."""
+    gen = torch.Generator().manual_seed(3)
+    wide_x = torch.randn(4, 200, generator=gen).to(torch.bfloat16)
+    wide_r = torch.randn(4, 300, generator=gen).to(torch.bfloat16)
+    x, residual = wide_x[:, 10:138], wide_r[:, :128]
+    weight = torch.randn(128, generator=gen).to(torch.bfloat16)
+    scale = torch.tensor([2.0], dtype=torch.bfloat16)
+    out = pt.rmsnorm_add_scale(x, weight, residual, scale, EPS)
+    ref = pt.rmsnorm_add_scale_reference(x.contiguous(), weight, residual.contiguous(), scale, EPS)
+    assert_matches_reference(out, ref, magnitude=2 * operand_magnitude(weight, residual))
+
+
+def make_gate_and_ple(tokens: int, per_layer_dim: int, dtype: torch.dtype, *, strided: bool, scale: float):
+    gen = torch.Generator().manual_seed(tokens * 1000 + per_layer_dim)
+    gate = (torch.randn(tokens, per_layer_dim, generator=gen) * scale).to(dtype)
+    if strided:
+        # per_layer_inputs[T, num_layers, P][:, layer, :], as Gemma4TextModel hands it to each layer
+        per_layer_inputs = torch.randn(tokens, 5, per_layer_dim, generator=gen).to(dtype)
+        ple = per_layer_inputs[:, 3, :]
+        assert ple.stride(0) == 5 * per_layer_dim
+    else:
+        ple = torch.randn(tokens, per_layer_dim, generator=gen).to(dtype)
+    return gate, ple
+
+
+@pytest.mark.parametrize("strided", [True, False], ids=["strided", "contiguous"])
+@pytest.mark.parametrize("per_layer_dim", [256, 77])
+@pytest.mark.parametrize("tokens", [1, 3, 17, 256])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_gelu_tanh_mul(tokens: int, per_layer_dim: int, strided: bool, dtype: torch.dtype) -> None:
+    gate, ple = make_gate_and_ple(tokens, per_layer_dim, dtype, strided=strided, scale=1.0)
+    out = pt.gelu_tanh_mul(gate, ple)
+    ref = pt.gelu_tanh_mul_reference(gate, ple)
+    assert_matches_reference(out, ref, magnitude=operand_magnitude(ple))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_gelu_tanh_mul_tails(dtype: torch.dtype) -> None:
+    """Large and special gate values.
+
+    Only closeness is checked: below x ~ -4, eager ``0.5 x (1 + tanh(u))`` loses
+    its relative precision to cancellation (the result is ~1e-7 |x| there),
+    while the kernel's ``x * sigmoid(2u)`` keeps it, so the bits may differ.
+    """
+    big = 6e4 if dtype == torch.float16 else 3e38
+    specials = torch.tensor(
+        [0.0, -0.0, 1e-30, -1e-30, 1e4, -1e4, 12.0, -12.0, big, -big, float("inf"), float("-inf"), float("nan")]
+    )
+    gen = torch.Generator().manual_seed(4)
+    gate = torch.cat([specials, torch.randn(51, generator=gen) * 8]).reshape(2, 32).to(dtype)
+    ple = (torch.randn(2, 32, generator=gen) * 3).to(dtype)
+    out = pt.gelu_tanh_mul(gate, ple)
+    ref = pt.gelu_tanh_mul_reference(gate, ple)
+    ulp = ULP[dtype]
+    torch.testing.assert_close(out.float(), ref.float(), rtol=ulp, atol=1e-6 * operand_magnitude(ple), equal_nan=True)
+
+
+def test_whole_tail_matches_reference() -> None:
+    """The three kernels between the layer's two GEMMs reproduce the eager tail."""
+    dtype, tokens, hidden, per_layer_dim = torch.bfloat16, 3, 1536, 256
+    gen = torch.Generator().manual_seed(5)
+    x, post_ff_weight, residual = make_norm_inputs(tokens, hidden, dtype, adversarial=False, seed=5)
+    per_layer_inputs = torch.randn(tokens, 4, per_layer_dim, generator=gen).to(dtype)
+    ple = per_layer_inputs[:, 1, :]
+    gate_w = (torch.randn(per_layer_dim, hidden, generator=gen) / hidden**0.5).to(dtype)
+    proj_w = (torch.randn(hidden, per_layer_dim, generator=gen) / per_layer_dim**0.5).to(dtype)
+    post_ple_weight = (1 + 0.1 * torch.randn(hidden, generator=gen)).to(dtype)
+    layer_scalar = torch.tensor([0.25], dtype=dtype)
+
+    h = pt.rmsnorm_add(x, post_ff_weight, residual, EPS)
+    g = pt.gelu_tanh_mul(F.linear(h, gate_w), ple)
+    out = pt.rmsnorm_add_scale(F.linear(g, proj_w), post_ple_weight, h, layer_scalar, EPS)
+
+    ref = pt.ple_tail_reference(
+        x, residual, ple,
+        post_ff_weight=post_ff_weight, post_ff_eps=EPS,
+        gate_gemm=lambda t: F.linear(t, gate_w), projection_gemm=lambda t: F.linear(t, proj_w),
+        post_ple_weight=post_ple_weight, post_ple_eps=EPS, layer_scalar=layer_scalar,
+    )
+    assert_matches_reference(out, ref, magnitude=0.25 * operand_magnitude(h, post_ple_weight))
+
+
+# ----------------------------------------------------------------------------- what falls back
+
+
+def bf16(*shape: int) -> torch.Tensor:
+    return torch.randn(*shape).to(torch.bfloat16)
+
+
+def test_supported_baseline() -> None:
+    x, r, w = bf16(4, 64), bf16(4, 64), bf16(64)
+    s = torch.ones(1, dtype=torch.bfloat16)
+    ple = bf16(4, 3, 16)[:, 1, :]
+    assert pt.supports_rmsnorm_add(x, w, r)
+    assert pt.supports_rmsnorm_add_scale(x, w, r, s)
+    assert pt.supports_gelu_tanh_mul(bf16(4, 16), ple)
+    assert pt.supports_ple_tail(x, r, ple, w, w, s)
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "transposed_x",
+        "3d_x",
+        "float64",
+        "int32",
+        "empty_batch",
+        "huge_row",
+        "residual_dtype",
+        "residual_shape",
+        "weight_length",
+        "meta_device",
+    ],
+)
+def test_norm_kernels_reject(case: str) -> None:
+    x, r, w = bf16(4, 64), bf16(4, 64), bf16(64)
+    s = torch.ones(1, dtype=torch.bfloat16)
+    if case == "transposed_x":
+        x = bf16(64, 4).t()
+    elif case == "3d_x":
+        x, r = bf16(2, 2, 64), bf16(2, 2, 64)
+    elif case == "float64":
+        x, r, w = x.double(), r.double(), w.double()
+    elif case == "int32":
+        x, r = torch.ones(4, 64, dtype=torch.int32), torch.ones(4, 64, dtype=torch.int32)
+    elif case == "empty_batch":
+        x, r = bf16(0, 64), bf16(0, 64)
+    elif case == "huge_row":
+        x, r, w = bf16(1, MAX_FUSED_ROW + 1), bf16(1, MAX_FUSED_ROW + 1), bf16(MAX_FUSED_ROW + 1)
+    elif case == "residual_dtype":
+        r = r.half()
+    elif case == "residual_shape":
+        r = bf16(3, 64)
+    elif case == "weight_length":
+        w = bf16(63)
+    elif case == "meta_device":
+        x, r, w, s = (t.to("meta") for t in (x, r, w, s))
+    assert not pt.supports_rmsnorm_add(x, w, r)
+    assert not pt.supports_rmsnorm_add_scale(x, w, r, s)
+    with pytest.raises(ValueError):
+        pt.rmsnorm_add(x, w, r, EPS)
+    with pytest.raises(ValueError):
+        pt.rmsnorm_add_scale(x, w, r, s, EPS)
+
+
+@pytest.mark.parametrize("case", ["fp32_scale", "two_elements"])
+def test_scale_must_be_one_element_of_the_activation_dtype(case: str) -> None:
+    """An fp32 ``layer_scalar`` with bf16 activations makes eager promote to fp32: fall back."""
+    x, r, w = bf16(4, 64), bf16(4, 64), bf16(64)
+    s = torch.ones(1) if case == "fp32_scale" else torch.ones(2, dtype=torch.bfloat16)
+    assert pt.supports_rmsnorm_add(x, w, r)
+    assert not pt.supports_rmsnorm_add_scale(x, w, r, s)
+    assert not pt.supports_ple_tail(x, r, bf16(4, 16), w, w, s)
+    with pytest.raises(ValueError):
+        pt.rmsnorm_add_scale(x, w, r, s, EPS)
+
+
+@pytest.mark.parametrize("case", ["ple_last_stride", "ple_dtype", "ple_rows", "gate_3d", "empty_batch"])
+def test_gelu_tanh_mul_rejects(case: str) -> None:
+    gate, ple = bf16(4, 16), bf16(4, 16)
+    if case == "ple_last_stride":
+        ple = bf16(4, 32)[:, ::2]
+    elif case == "ple_dtype":
+        ple = ple.half()
+    elif case == "ple_rows":
+        ple = bf16(5, 16)
+    elif case == "gate_3d":
+        gate, ple = bf16(2, 2, 16), bf16(2, 2, 16)
+    elif case == "empty_batch":
+        gate, ple = bf16(0, 16), bf16(0, 16)
+    assert not pt.supports_gelu_tanh_mul(gate, ple)
+    with pytest.raises(ValueError):
+        pt.gelu_tanh_mul(gate, ple)
+
+
+@pytest.mark.parametrize("case", ["ple_rows", "ple_dtype", "ple_3d", "post_ple_weight", "empty_batch"])
+def test_ple_tail_predicate_rejects(case: str) -> None:
+    x, r, w = bf16(4, 64), bf16(4, 64), bf16(64)
+    s = torch.ones(1, dtype=torch.bfloat16)
+    ple, post_ple_w = bf16(4, 3, 16)[:, 0, :], w
+    if case == "ple_rows":
+        ple = bf16(5, 16)
+    elif case == "ple_dtype":
+        ple = ple.float()
+    elif case == "ple_3d":
+        ple = bf16(4, 3, 16)
+    elif case == "post_ple_weight":
+        post_ple_w = bf16(65)
+    elif case == "empty_batch":
+        x, r, ple = bf16(0, 64), bf16(0, 64), bf16(0, 16)
+    assert not pt.supports_ple_tail(x, r, ple, w, post_ple_w, s)

@@ -1,0 +1,157 @@
+"""The fused PLE-tail kernels on CUDA: the full shape/dtype grid against the fp32 references.
+
+Runs on the GPU machine (torch + triton + CUDA, no sglang):
+``PYTHONPATH=python python3 -m pytest tests/gpu/test_ple_tail_gpu.py -q``.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sglang_gemma4.kernels import ple_tail as pt
+
+pytestmark = pytest.mark.gpu
+
+DTYPES = [torch.bfloat16, torch.float16, torch.float32]
+ULP = {torch.bfloat16: 2.0**-7, torch.float16: 2.0**-10, torch.float32: 2.0**-22}
+EPS = 1e-6
+TOKENS = [1, 3, 17, 256, 4096]
+HIDDEN = [128, 1536, 2560, 1001]
+
+
+def assert_matches_reference(out: torch.Tensor, ref: torch.Tensor, *, magnitude: float, max_mismatch: float = 0.01) -> None:
+    """Within one ulp (of ``magnitude``, the size of the last add's operands), and for
+    half dtypes bit-identical on all but ``max_mismatch`` of the elements."""
+    assert out.shape == ref.shape and out.dtype == ref.dtype and out.is_contiguous()
+    ulp = ULP[out.dtype]
+    torch.testing.assert_close(out.float(), ref.float(), rtol=ulp, atol=ulp * magnitude, equal_nan=True)
+    if out.dtype != torch.float32:
+        differs = (out != ref) & ~(out.isnan() & ref.isnan())
+        assert differs.sum().item() <= max(2, max_mismatch * out.numel()), f"{differs.sum().item()} of {out.numel()} differ"
+
+
+def magnitude(*tensors: torch.Tensor) -> float:
+    return sum(t.float().abs().max().item() for t in tensors)
+
+
+def norm_inputs(tokens: int, hidden: int, dtype: torch.dtype, *, adversarial: bool, seed: int):
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    x = torch.randn(tokens, hidden, device="cuda", generator=gen)
+    residual = torch.randn(tokens, hidden, device="cuda", generator=gen)
+    weight = 1 + 0.1 * torch.randn(hidden, device="cuda", generator=gen)
+    if adversarial:
+        big = 1e3 if dtype == torch.float16 else 1e4
+        row_scale = torch.tensor([1.0, 1e-4, big, 0.0], device="cuda").repeat(tokens // 4 + 1)[:tokens]
+        x = x * row_scale[:, None]
+        residual, weight = residual * 3, weight * 40
+    return x.to(dtype), weight.to(dtype), residual.to(dtype)
+
+
+@pytest.mark.parametrize("adversarial", [False, True], ids=["normal", "adversarial"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("hidden", HIDDEN)
+@pytest.mark.parametrize("tokens", TOKENS)
+def test_rmsnorm_add(tokens: int, hidden: int, dtype: torch.dtype, adversarial: bool) -> None:
+    x, weight, residual = norm_inputs(tokens, hidden, dtype, adversarial=adversarial, seed=tokens + hidden)
+    out = pt.rmsnorm_add(x, weight, residual, EPS)
+    ref = pt.rmsnorm_add_reference(x, weight, residual, EPS)
+    assert_matches_reference(out, ref, magnitude=magnitude(ref.float() - residual.float(), residual))
+
+
+@pytest.mark.parametrize("adversarial", [False, True], ids=["normal", "adversarial"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("hidden", HIDDEN)
+@pytest.mark.parametrize("tokens", TOKENS)
+def test_rmsnorm_add_scale(tokens: int, hidden: int, dtype: torch.dtype, adversarial: bool) -> None:
+    x, weight, residual = norm_inputs(tokens, hidden, dtype, adversarial=adversarial, seed=7 * tokens + hidden)
+    scale = torch.tensor([11.5 if adversarial else 0.37], dtype=dtype, device="cuda")
+    out = pt.rmsnorm_add_scale(x, weight, residual, scale, EPS)
+    ref = pt.rmsnorm_add_scale_reference(x, weight, residual, scale, EPS)
+    normed = pt.rmsnorm_add_reference(x, weight, torch.zeros_like(residual), EPS)
+    assert_matches_reference(out, ref, magnitude=scale.float().item() * magnitude(normed, residual))
+
+
+@pytest.mark.parametrize("strided", [True, False], ids=["strided", "contiguous"])
+@pytest.mark.parametrize("per_layer_dim", [256, 77])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("tokens", TOKENS)
+def test_gelu_tanh_mul(tokens: int, per_layer_dim: int, dtype: torch.dtype, strided: bool) -> None:
+    gen = torch.Generator(device="cuda").manual_seed(tokens + per_layer_dim)
+    # |gate| <= ~3 keeps clear of the far negative tail, where eager tanh-GELU
+    # loses precision to cancellation and bits may legitimately differ.
+    gate = (torch.randn(tokens, per_layer_dim, device="cuda", generator=gen)).clamp(-3, 3).to(dtype)
+    if strided:
+        per_layer_inputs = torch.randn(tokens, 35, per_layer_dim, device="cuda", generator=gen).to(dtype)
+        ple = per_layer_inputs[:, 17, :]
+    else:
+        ple = torch.randn(tokens, per_layer_dim, device="cuda", generator=gen).to(dtype)
+    out = pt.gelu_tanh_mul(gate, ple)
+    ref = pt.gelu_tanh_mul_reference(gate, ple)
+    assert_matches_reference(out, ref, magnitude=magnitude(ple))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_gelu_tanh_mul_tails_and_specials(dtype: torch.dtype) -> None:
+    big = 6e4 if dtype == torch.float16 else 3e38
+    specials = [0.0, -0.0, 1e-30, -1e-30, 1e4, -1e4, 12.0, -12.0, big, -big, float("inf"), float("-inf"), float("nan")]
+    gen = torch.Generator(device="cuda").manual_seed(1)
+    gate = torch.cat([torch.tensor(specials, device="cuda"), 8 * torch.randn(4096 - len(specials), device="cuda", generator=gen)])
+    gate = gate.reshape(16, 256).to(dtype)
+    ple = (3 * torch.randn(16, 256, device="cuda", generator=gen)).to(dtype)
+    out = pt.gelu_tanh_mul(gate, ple)
+    ref = pt.gelu_tanh_mul_reference(gate, ple)
+    torch.testing.assert_close(out.float(), ref.float(), rtol=ULP[dtype], atol=1e-6 * magnitude(ple), equal_nan=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_gelu_tanh_mul_matches_torch_cuda_gelu(dtype: torch.dtype) -> None:
+    """Against the eager CUDA ops SGLang runs (F.gelu on the device, then the mul)."""
+    gen = torch.Generator(device="cuda").manual_seed(2)
+    gate = (torch.randn(512, 256, device="cuda", generator=gen)).clamp(-3, 3).to(dtype)
+    ple = torch.randn(512, 8, 256, device="cuda", generator=gen).to(dtype)[:, 5, :]
+    eager = F.gelu(gate, approximate="tanh") * ple
+    assert_matches_reference(pt.gelu_tanh_mul(gate, ple), eager, magnitude=magnitude(ple))
+
+
+@pytest.mark.parametrize("hidden", [1536, 2560])
+@pytest.mark.parametrize("tokens", [1, 256, 4096])
+def test_whole_tail_matches_reference(tokens: int, hidden: int) -> None:
+    dtype, per_layer_dim, num_layers = torch.bfloat16, 256, 35
+    gen = torch.Generator(device="cuda").manual_seed(tokens + hidden)
+    x, post_ff_weight, residual = norm_inputs(tokens, hidden, dtype, adversarial=False, seed=tokens)
+    per_layer_inputs = torch.randn(tokens, num_layers, per_layer_dim, device="cuda", generator=gen).to(dtype)
+    ple = per_layer_inputs[:, 4, :]
+    gate_w = (torch.randn(per_layer_dim, hidden, device="cuda", generator=gen) / hidden**0.5).to(dtype)
+    proj_w = (torch.randn(hidden, per_layer_dim, device="cuda", generator=gen) / per_layer_dim**0.5).to(dtype)
+    post_ple_weight = (1 + 0.1 * torch.randn(hidden, device="cuda", generator=gen)).to(dtype)
+    layer_scalar = torch.tensor([0.25], dtype=dtype, device="cuda")
+
+    h = pt.rmsnorm_add(x, post_ff_weight, residual, EPS)
+    g = pt.gelu_tanh_mul(F.linear(h, gate_w), ple)
+    out = pt.rmsnorm_add_scale(F.linear(g, proj_w), post_ple_weight, h, layer_scalar, EPS)
+    ref = pt.ple_tail_reference(
+        x, residual, ple,
+        post_ff_weight=post_ff_weight, post_ff_eps=EPS,
+        gate_gemm=lambda t: F.linear(t, gate_w), projection_gemm=lambda t: F.linear(t, proj_w),
+        post_ple_weight=post_ple_weight, post_ple_eps=EPS, layer_scalar=layer_scalar,
+    )
+    # A rare flip in h changes a GEMM input, which can move several outputs of that row.
+    assert_matches_reference(out, ref, magnitude=0.25 * magnitude(h, post_ple_weight), max_mismatch=0.05)
+
+
+def test_layer_scalar_is_read_on_device_under_cuda_graph() -> None:
+    """A captured graph must see the scalar's current value, not the one at capture."""
+    x, weight, residual = norm_inputs(8, 1536, torch.bfloat16, adversarial=False, seed=3)
+    scale = torch.tensor([1.0], dtype=torch.bfloat16, device="cuda")
+    pt.rmsnorm_add_scale(x, weight, residual, scale, EPS)  # compile outside the capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = pt.rmsnorm_add_scale(x, weight, residual, scale, EPS)
+    scale.fill_(0.5)
+    graph.replay()
+    torch.cuda.synchronize()
+    ref = pt.rmsnorm_add_scale_reference(x, weight, residual, scale, EPS)
+    assert_matches_reference(out, ref, magnitude=0.5 * magnitude(weight, residual))
