@@ -35,7 +35,8 @@ def test_disable_all_leaves_sglang_untouched():
     r = run_python(PROBE, env={"SGLANG_GEMMA4_DISABLE": "all", "SGLANG_PLUGINS": "<unset>"})
     assert r.returncode == 0, r.stderr[-3000:]
     assert "HOOKED False" in r.stdout and "ROUTER_SCALE_HONOURED False" in r.stdout
-    assert "disabled: router_scale" in r.stderr
+    summary = next(l for l in r.stderr.splitlines() if "[sglang-gemma4]" in l and "disabled:" in l)
+    assert "applied:" not in summary and "router_scale" in summary.split("disabled:")[1]
 
 
 def test_sglang_plugins_whitelist_is_respected():
