@@ -3,6 +3,8 @@
 ``check``  versions, the patch table, and parity of SGLang's Gemma-4 with and
            without the plugin against transformers on built-in tiny models.
            Exits 1 if a parity check fails.
+``pools``  full and sliding-window KV pool capacities of a Gemma-4 config for a
+           KV budget, SGLang's default ratio next to the plugin's.
 """
 
 from __future__ import annotations
@@ -92,6 +94,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--configs", nargs="*", help="tiny configs to run (default: all)")
     p.add_argument("--tokens", type=int, default=12, help="prompt length")
     p.set_defaults(func=cmd_check)
+    from sglang_gemma4 import pools
+
+    pools.add_subcommand(sub)
     args = parser.parse_args(argv)
     return args.func(args)
 
