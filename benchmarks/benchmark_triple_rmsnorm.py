@@ -27,9 +27,9 @@ Run on the GPU machine (torch + triton + CUDA, no sglang)::
 
     PYTHONPATH=python python3 benchmarks/benchmark_triple_rmsnorm.py
 
-``--no-sweep`` skips the launch-configuration sweep of the fused kernel
-(rows per program x warps at a few token counts), recorded under
-``launch_sweep`` in the JSON.
+``--no-sweep`` skips the launch-configuration sweep of the fused kernel (row
+kernel x warps, chunked kernel x chunk width, at a few token counts), recorded
+under ``launch_sweep`` in the JSON.
 """
 
 from __future__ import annotations
@@ -63,9 +63,9 @@ SPEEDUP_SMALL_MIN, SMALL_TOKENS_MAX = 2.5, 128
 SPEEDUP_ALL_MIN = 1.5
 COPY_FRACTION_MIN, LARGE_TOKENS_MIN = 0.90, 4096
 
-SWEEP_TOKENS = [1, 32, 128, 4096, 16384]
-SWEEP_WARPS = [4, 8, 16, 32]
-SWEEP_ROWS = [2, 4]
+SWEEP_TOKENS = [1, 32, 256, 1024, 4096, 16384]
+SWEEP_ROW_WARPS = [4, 8, 16, 32]
+SWEEP_CHUNKS = [(512, 2), (1024, 4), (1024, 8), (2048, 8)]  # (columns per chunk, warps)
 
 
 @triton.jit
@@ -97,7 +97,7 @@ def sglang_rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.T
     """Stand-in for sgl_kernel.rmsnorm: ``round(x * rsqrt(mean(x^2) + eps) * w)``, one launch."""
     out = torch.empty_like(x)
     block = triton.next_power_of_2(x.shape[1])
-    num_warps = tr.launch_config(x.shape[1]).num_warps
+    num_warps = tr.launch_config(x.shape[1], 1).num_warps  # the row kernel's warps
     _rmsnorm_kernel[(x.shape[0],)](x, weight, out, x.shape[1], eps, BLOCK=block, num_warps=num_warps)
     return out
 
@@ -106,7 +106,7 @@ def sglang_fused_add_rmsnorm(x: torch.Tensor, residual: torch.Tensor, weight: to
     """Stand-in for sgl_kernel.fused_add_rmsnorm: ``s = x + residual`` in fp32,
     ``residual = round(s)``, ``x = round(rmsnorm(s, w))``, in place, one launch."""
     block = triton.next_power_of_2(x.shape[1])
-    num_warps = tr.launch_config(x.shape[1]).num_warps
+    num_warps = tr.launch_config(x.shape[1], 1).num_warps  # the row kernel's warps
     _fused_add_rmsnorm_kernel[(x.shape[0],)](x, residual, weight, x.shape[1], eps, BLOCK=block, num_warps=num_warps)
 
 
@@ -146,8 +146,8 @@ def plain_rmsnorm_bytes(tokens: int, hidden: int) -> int:
     return (2 * tokens * hidden + hidden) * DTYPE.itemsize
 
 
-def fused(t: NormInputs, **launch) -> tuple[torch.Tensor, ...]:
-    return tr.post_attn_triple_rmsnorm(t.attn_out, t.residual, *t.weights, EPS, residual_out=t.residual, **launch)
+def fused(t: NormInputs, launch: tr.TripleNormLaunch | None = None) -> tuple[torch.Tensor, ...]:
+    return tr.post_attn_triple_rmsnorm(t.attn_out, t.residual, *t.weights, EPS, residual_out=t.residual, launch=launch)
 
 
 def sglang_sequence(t: NormInputs) -> tuple[torch.Tensor, ...]:
@@ -214,19 +214,22 @@ def measure(model: str, hidden: int, tokens: int, compiled: Callable, copy_bw: f
 
 
 def sweep(model: str, hidden: int, tokens: int, copy_bw: float) -> list[dict]:
-    """The fused kernel under other launch configurations than launch_config's."""
+    """The fused kernel under other launch configurations than launch_config's:
+    the row kernel with more or fewer warps, the chunked kernel with other
+    chunk widths; at every size, so that the crossover shows."""
     nbytes = minimal_bytes(tokens, hidden)
     sets = [NormInputs(tokens, hidden, seed=i) for i in range(harness.input_sets(nbytes))]
-    default = tr.launch_config(hidden)
-    # More rows per program keep the warps per row.
-    configs = [(1, w) for w in SWEEP_WARPS] + [(r, min(32, r * default.num_warps)) for r in SWEEP_ROWS]
+    default = tr.launch_config(hidden, tokens)
+    row = tr.launch_config(hidden, 1)
+    configs = {row._replace(num_warps=w) for w in SWEEP_ROW_WARPS}
+    configs |= {tr.TripleNormLaunch("chunked", chunk, 1, w) for chunk, w in SWEEP_CHUNKS}
+    configs.add(default)
     out = []
-    for rows_per_program, num_warps in configs:
-        us = harness.graph_us([partial(fused, s, rows_per_program=rows_per_program, num_warps=num_warps) for s in sets])
+    for launch in sorted(configs):
+        us = harness.graph_us([partial(fused, s, launch) for s in sets])
         out.append({
-            "model": model, "hidden": hidden, "tokens": tokens,
-            "rows_per_program": rows_per_program, "num_warps": num_warps,
-            "is_default": (rows_per_program, num_warps) == (default.rows_per_program, default.num_warps),
+            "model": model, "hidden": hidden, "tokens": tokens, **launch._asdict(),
+            "is_default": launch == default,
             "us": round(us, 3), "copy_pct": round(100 * nbytes / (copy_bw * 1e12) * 1e6 / us, 1),
         })
     return out
@@ -267,29 +270,7 @@ def summarize(rows: list[dict]) -> list[dict]:
     return table
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tokens", type=int, nargs="*", default=TOKENS)
-    parser.add_argument("--models", nargs="*", default=list(MODELS), choices=list(MODELS))
-    parser.add_argument("--no-sweep", action="store_true", help="skip the fused kernel's launch-configuration sweep")
-    args = parser.parse_args()
-
-    allow_one_compile_per_shape()
-    started = time.perf_counter()
-    copy_bw = harness.copy_bandwidth_TBps()
-    print(f"copy bandwidth {copy_bw:.2f} TB/s")
-    rows: list[dict] = []
-    swept: list[dict] = []
-    for model in args.models:
-        hidden = MODELS[model]
-        for tokens in args.tokens:
-            # One compiled function per shape: Inductor specializes on it, as a
-            # static-shape torch.compile per captured batch size does.
-            rows += measure(model, hidden, tokens, compiled_reference(), copy_bw)
-            if not args.no_sweep and tokens in SWEEP_TOKENS:
-                swept += sweep(model, hidden, tokens, copy_bw)
-            print(f"[{time.perf_counter() - started:6.1f}s] {model} tokens={tokens} done", flush=True)
-
+def _extra(models: list[str], swept: list[dict]) -> dict:
     extra = {
         "dtype": "bfloat16",
         "notes": {
@@ -316,18 +297,48 @@ def main() -> None:
             "never_slower_than": "torch_compile",
         },
         "fused_launch_config": {
-            str(h): tr.launch_config(h)._asdict() for h in sorted({MODELS[m] for m in args.models})
+            f"{MODELS[m]}x{t}": tr.launch_config(MODELS[m], t)._asdict() for m in models for t in (1, max(TOKENS))
         },
     }
     if swept:
         extra["launch_sweep"] = swept
-    path = harness.write_results(
+    return extra
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tokens", type=int, nargs="*", default=TOKENS)
+    parser.add_argument("--models", nargs="*", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--no-sweep", action="store_true", help="skip the fused kernel's launch-configuration sweep")
+    args = parser.parse_args()
+
+    allow_one_compile_per_shape()
+    started = time.perf_counter()
+    copy_bw = harness.copy_bandwidth_TBps()
+    print(f"copy bandwidth {copy_bw:.2f} TB/s")
+    rows: list[dict] = []
+    swept: list[dict] = []
+    write = partial(
+        harness.write_results,
         "triple_rmsnorm",
-        rows,
         copy_bw=copy_bw,
         plot=partial(harness.plot_us_vs_tokens, title="Gemma-4 MoE post-attention triple RMSNorm (bf16)"),
-        extra=extra,
     )
+    for model in args.models:
+        hidden = MODELS[model]
+        for tokens in args.tokens:
+            # One compiled function per shape: Inductor specializes on it, as a
+            # static-shape torch.compile per captured batch size does.
+            rows += measure(model, hidden, tokens, compiled_reference(), copy_bw)
+            print(f"[{time.perf_counter() - started:6.1f}s] {model} tokens={tokens} done", flush=True)
+        # Written after each width, so that a run cut short keeps what it measured.
+        path = write(rows, extra=_extra(args.models, swept))
+    if not args.no_sweep:
+        for model in args.models:
+            for tokens in SWEEP_TOKENS:
+                swept += sweep(model, MODELS[model], tokens, copy_bw)
+            print(f"[{time.perf_counter() - started:6.1f}s] {model} launch sweep done", flush=True)
+        path = write(rows, extra=_extra(args.models, swept))
     print(f"wrote {path} ({time.perf_counter() - started:.0f}s)")
     table = summarize(rows)
     harness.print_table(
@@ -336,8 +347,10 @@ def main() -> None:
          "copy_pct", "x_plain", "x_sglang", "x_compile", "verdict"],
     )
     if swept:
-        print("\nlaunch sweep (fused): rows_per_program x num_warps")
-        harness.print_table(swept, ["hidden", "tokens", "rows_per_program", "num_warps", "is_default", "us", "copy_pct"])
+        print("\nlaunch sweep (fused): kernel x block x warps")
+        harness.print_table(
+            swept, ["hidden", "tokens", "kernel", "block", "rows_per_program", "num_warps", "is_default", "us", "copy_pct"]
+        )
     misses = [line for line in table if line["verdict"] != "ok"]
     print(f"\n{len(table) - len(misses)}/{len(table)} sizes meet every target")
 

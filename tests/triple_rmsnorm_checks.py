@@ -69,5 +69,9 @@ def assert_within_one_rounding(
     )
     if actual.dtype == torch.float32:
         return
-    share = (actual != expected).float().mean().item()
-    assert share <= max_share, f"{name}: {share:.2%} of elements differ (allowed {max_share:.2%})"
+    differing = (actual != expected).sum().item()
+    # A few elements whatever the size: tiny CPU shapes have only hundreds.
+    allowed = max(4, max_share * actual.numel())
+    assert differing <= allowed, (
+        f"{name}: {differing} of {actual.numel()} elements differ (allowed {allowed:.0f})"
+    )

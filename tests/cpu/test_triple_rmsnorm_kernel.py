@@ -7,9 +7,12 @@ The GPU twin (tests/gpu/test_triple_rmsnorm_gpu.py) runs the real shapes.
 
 import pytest
 import torch
+import triton
 
 from sglang_gemma4.kernels.support import MAX_FUSED_ROW
 from sglang_gemma4.kernels.triple_rmsnorm import (
+    TripleNormLaunch,
+    launch_config,
     post_attn_triple_rmsnorm,
     supports,
     triple_rmsnorm_reference,
@@ -30,10 +33,27 @@ DTYPES = [torch.bfloat16, torch.float16, torch.float32]
 SHAPES = [(t, 128) for t in (0, 1, 3, 17, 256)] + [(t, 1000) for t in (1, 3, 17)] + [(t, 2816) for t in (1, 3)]
 
 
-def _check(tokens, hidden, dtype, **input_kwargs):
+# Besides launch_config's choice, both kernels with small blocks: several rows
+# per program, several chunks per row (a partial last one).
+LAUNCHES = {
+    "default": None,
+    "row_4x": TripleNormLaunch("row", 0, 4, 2),
+    "chunked_256": TripleNormLaunch("chunked", 256, 1, 2),
+    "chunked_64": TripleNormLaunch("chunked", 64, 1, 1),
+}
+
+
+def _launch(name, hidden):
+    launch = LAUNCHES[name]
+    if launch is not None and launch.kernel == "row":
+        launch = launch._replace(block=triton.next_power_of_2(hidden))
+    return launch
+
+
+def _check(tokens, hidden, dtype, launch=None, **input_kwargs):
     attn_out, residual, weights = triple_norm_inputs(tokens, hidden, dtype, **input_kwargs)
     expected = triple_rmsnorm_reference(attn_out, residual, *weights, EPS)
-    actual = post_attn_triple_rmsnorm(attn_out, residual, *weights, EPS)
+    actual = post_attn_triple_rmsnorm(attn_out, residual, *weights, EPS, launch=launch)
     for name, a, e in zip(OUTPUT_NAMES, actual, expected):
         assert_within_one_rounding(a, e, name)
     return actual
@@ -46,32 +66,44 @@ def test_kernel_matches_reference(tokens, hidden, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize(
+    "launch,tokens,hidden",
+    [("row_4x", 17, 128), ("chunked_64", 17, 128), ("row_4x", 5, 1000), ("chunked_256", 5, 1000)],
+)
+def test_each_kernel_matches_reference(launch, tokens, hidden, dtype):
+    _check(tokens, hidden, dtype, launch=_launch(launch, hidden), seed=3)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("scale", SCALES.values(), ids=SCALES.keys())
 @pytest.mark.parametrize("hidden", [128, 1000])
 def test_kernel_magnitudes_and_zero_row(hidden, scale, dtype):
-    r, dense_in, router_in, moe_in = _check(17, hidden, dtype, scale=scale, zero_row=True, seed=7)
-    # rsqrt(0 + eps) is finite: an all-zero row normalizes to zeros.
-    for out in (r, dense_in, router_in, moe_in):
-        assert torch.count_nonzero(out[8]) == 0
+    for launch in (None, _launch("chunked_256", hidden)):
+        outputs = _check(5, hidden, dtype, launch=launch, scale=scale, zero_row=True, seed=7)
+        # rsqrt(0 + eps) is finite: an all-zero row normalizes to zeros.
+        for out in outputs:
+            assert torch.count_nonzero(out[2]) == 0
 
 
-def test_residual_updated_in_place():
+@pytest.mark.parametrize("launch", ["default", "chunked_256"])
+def test_residual_updated_in_place(launch):
     attn_out, residual, weights = triple_norm_inputs(5, 1000, torch.bfloat16, seed=11)
     expected = triple_rmsnorm_reference(attn_out, residual, *weights, EPS)
-    r, *_ = post_attn_triple_rmsnorm(attn_out, residual, *weights, EPS, residual_out=residual)
-    assert r.data_ptr() == residual.data_ptr()
-    assert_within_one_rounding(r, expected[0], "r")
-
-
-@pytest.mark.parametrize("rows_per_program,num_warps", [(1, 1), (4, 2), (16, 8)])
-def test_launch_overrides_do_not_change_results(rows_per_program, num_warps):
-    attn_out, residual, weights = triple_norm_inputs(17, 128, torch.bfloat16, seed=13)
-    default = post_attn_triple_rmsnorm(attn_out, residual, *weights, EPS)
-    other = post_attn_triple_rmsnorm(
-        attn_out, residual, *weights, EPS, rows_per_program=rows_per_program, num_warps=num_warps
+    outputs = post_attn_triple_rmsnorm(
+        attn_out, residual, *weights, EPS, residual_out=residual, launch=_launch(launch, 1000)
     )
-    for name, a, b in zip(OUTPUT_NAMES, default, other):
-        assert torch.equal(a, b), name
+    assert outputs[0].data_ptr() == residual.data_ptr()
+    for name, a, e in zip(OUTPUT_NAMES, outputs, expected):
+        assert_within_one_rounding(a, e, name)
+
+
+def test_launch_config_by_width_and_batch():
+    assert launch_config(128, 1) == ("row", 128, 16, 8)
+    assert launch_config(2816, 1) == ("row", 4096, 1, 16)
+    assert launch_config(5376, 256) == ("row", 8192, 1, 32)
+    assert launch_config(2816, 4096) == ("chunked", 1024, 1, 4)
+    assert launch_config(5376, 16384) == ("chunked", 1024, 1, 4)
+    assert launch_config(1000, 4096) == ("row", 1024, 2, 8)
 
 
 def _unsupported_cases():
@@ -108,7 +140,14 @@ def test_unsupported_inputs_raise_and_empty_batch_returns_empty():
     attn_out, residual, weights = triple_norm_inputs(4, 128, torch.bfloat16)
     with pytest.raises(ValueError, match="unsupported inputs"):
         post_attn_triple_rmsnorm(attn_out[None], residual[None], *weights, EPS)
-    with pytest.raises(ValueError, match="power of two"):
-        post_attn_triple_rmsnorm(attn_out, residual, *weights, EPS, rows_per_program=3)
+    for bad in (
+        TripleNormLaunch("row", 128, 3, 4),
+        TripleNormLaunch("row", 64, 1, 4),
+        TripleNormLaunch("chunked", 100, 1, 4),
+        TripleNormLaunch("chunked", 64, 2, 4),
+        TripleNormLaunch("looped", 64, 1, 4),
+    ):
+        with pytest.raises(ValueError):
+            post_attn_triple_rmsnorm(attn_out, residual, *weights, EPS, launch=bad)
     outputs = post_attn_triple_rmsnorm(attn_out[:0], residual[:0], *weights, EPS)
     assert [tuple(o.shape) for o in outputs] == [(0, 128)] * 4

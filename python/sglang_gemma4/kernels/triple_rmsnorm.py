@@ -42,8 +42,11 @@ three normalizations share one rsqrt. (An earlier upstream router-norm fusion
 was reverted for a bf16 routing regression; matching the rounding points is
 what keeps the selected experts the same.)
 
-One program normalizes ``ROWS`` whole rows held in registers: the row is read
-once (attn_out and residual) and written four times, the minimum traffic.
+Two kernels, both reading each row once (attn_out, residual) and writing it
+four times, the minimum DRAM traffic: for few rows (decode), whole rows held in
+registers with every load issued at once; for many rows (prefill), one row per
+program walked in chunks over three passes, re-reading from cache, so that
+small register footprints keep many rows in flight per SM.
 """
 
 from __future__ import annotations
@@ -110,7 +113,22 @@ def _round_to(x, act: tl.constexpr, BF16_RNE_BY_BITS: tl.constexpr):
 
 
 @triton.jit
-def _post_attn_triple_rmsnorm_kernel(
+def _load_weight(ptr, cols, col_ok):
+    # Every row reads the weights: keep them in L2.
+    return tl.load(ptr + cols, mask=col_ok, other=0.0, eviction_policy="evict_last").to(tl.float32)
+
+
+@triton.jit
+def _residual_sum(x, res, inv_x, w_post, act: tl.constexpr, BF16_RNE_BY_BITS: tl.constexpr):
+    """``(s, r)``: the fp32 sum ``round(x * inv_x * w_post) + res`` and ``r = round(s)``.
+    The post-attention norm's output is rounded before the add, as SGLang stores it."""
+    a = _round_to((x * inv_x) * w_post, act, BF16_RNE_BY_BITS).to(tl.float32)
+    s = a + res
+    return s, _round_to(s, act, BF16_RNE_BY_BITS)
+
+
+@triton.jit
+def _triple_norm_row_kernel(
     attn_ptr,
     res_ptr,
     w_post_ptr,
@@ -125,66 +143,142 @@ def _post_attn_triple_rmsnorm_kernel(
     hidden,
     eps,
     ROWS: tl.constexpr,
-    BLOCK_H: tl.constexpr,
+    BLOCK: tl.constexpr,
     BF16_RNE_BY_BITS: tl.constexpr,
 ):
+    """``ROWS`` whole rows per program, held in registers: each element is loaded
+    once and every load is issued up front (the latency-bound decode sizes)."""
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
-    cols = tl.arange(0, BLOCK_H)
+    cols = tl.arange(0, BLOCK)
     col_ok = cols < hidden
     mask = (rows[:, None] < n_rows) & col_ok[None, :]
     # int64: rows * hidden passes 2**31 for prefills of ~760k tokens at hidden 2816.
     offs = rows.to(tl.int64)[:, None] * hidden + cols[None, :]
     act = r_ptr.dtype.element_ty
 
-    # Activations are read once, the weights by every row: keep the weights in L2.
-    x = tl.load(attn_ptr + offs, mask=mask, other=0.0, eviction_policy="evict_first").to(tl.float32)
-    res = tl.load(res_ptr + offs, mask=mask, other=0.0, eviction_policy="evict_first").to(tl.float32)
-    w_post = tl.load(w_post_ptr + cols, mask=col_ok, other=0.0, eviction_policy="evict_last").to(tl.float32)
+    x = tl.load(attn_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    res = tl.load(res_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    w_post = _load_weight(w_post_ptr, cols, col_ok)[None, :]
+    w_pre_ff = _load_weight(w_pre_ff_ptr, cols, col_ok)[None, :]
+    w_router = _load_weight(w_router_ptr, cols, col_ok)[None, :]
+    w_pre_ff_2 = _load_weight(w_pre_ff_2_ptr, cols, col_ok)[None, :]
 
-    inv_x = tl.rsqrt(tl.sum(x * x, axis=1) / hidden + eps)
-    # The post-attention norm's output is stored in the activation dtype before
-    # the residual add (its own launch in SGLang).
-    a = _round_to((x * inv_x[:, None]) * w_post[None, :], act, BF16_RNE_BY_BITS).to(tl.float32)
-    s = a + res
-    r = _round_to(s, act, BF16_RNE_BY_BITS)
+    inv_x = tl.rsqrt(tl.sum(x * x, axis=1) / hidden + eps)[:, None]
+    s, r = _residual_sum(x, res, inv_x, w_post, act, BF16_RNE_BY_BITS)
     tl.store(r_ptr + offs, r, mask=mask)
-
     # fused_add_rmsnorm normalizes the unrounded fp32 sum...
-    w_pre_ff = tl.load(w_pre_ff_ptr + cols, mask=col_ok, other=0.0, eviction_policy="evict_last").to(tl.float32)
-    inv_s = tl.rsqrt(tl.sum(s * s, axis=1) / hidden + eps)
-    dense = (s * inv_s[:, None]) * w_pre_ff[None, :]
-    tl.store(dense_ptr + offs, _round_to(dense, act, BF16_RNE_BY_BITS), mask=mask)
-
-    # ...while the router's norm and pre_feedforward_layernorm_2 read the stored residual.
+    inv_s = tl.rsqrt(tl.sum(s * s, axis=1) / hidden + eps)[:, None]
+    tl.store(dense_ptr + offs, _round_to((s * inv_s) * w_pre_ff, act, BF16_RNE_BY_BITS), mask=mask)
+    # ...the router's norm and pre_feedforward_layernorm_2 read the stored residual.
     r32 = r.to(tl.float32)
-    inv_r = tl.rsqrt(tl.sum(r32 * r32, axis=1) / hidden + eps)
-    r_normed = r32 * inv_r[:, None]
-    w_router = tl.load(w_router_ptr + cols, mask=col_ok, other=0.0, eviction_policy="evict_last").to(tl.float32)
-    tl.store(router_ptr + offs, _round_to(r_normed * w_router[None, :], act, BF16_RNE_BY_BITS), mask=mask)
-    w_pre_ff_2 = tl.load(w_pre_ff_2_ptr + cols, mask=col_ok, other=0.0, eviction_policy="evict_last").to(tl.float32)
-    tl.store(moe_ptr + offs, _round_to(r_normed * w_pre_ff_2[None, :], act, BF16_RNE_BY_BITS), mask=mask)
+    r_normed = r32 * tl.rsqrt(tl.sum(r32 * r32, axis=1) / hidden + eps)[:, None]
+    tl.store(router_ptr + offs, _round_to(r_normed * w_router, act, BF16_RNE_BY_BITS), mask=mask)
+    tl.store(moe_ptr + offs, _round_to(r_normed * w_pre_ff_2, act, BF16_RNE_BY_BITS), mask=mask)
+
+
+@triton.jit
+def _triple_norm_chunked_kernel(
+    attn_ptr,
+    res_ptr,
+    w_post_ptr,
+    w_pre_ff_ptr,
+    w_router_ptr,
+    w_pre_ff_2_ptr,
+    r_ptr,
+    dense_ptr,
+    router_ptr,
+    moe_ptr,
+    n_rows,
+    hidden,
+    eps,
+    CHUNK: tl.constexpr,
+    NUM_CHUNKS: tl.constexpr,
+    BF16_RNE_BY_BITS: tl.constexpr,
+):
+    """One row per program, ``CHUNK`` columns at a time, in three passes (loops,
+    not unrolled: unrolling puts every chunk's loads in registers at once): the
+    sum of squares of attn_out; the sums of squares of ``s`` and ``r``; all four
+    outputs. Few registers per program, so many rows are in flight per SM (the
+    bandwidth-bound sizes). Passes 2 and 3 re-read the row from L1/L2, so DRAM
+    still sees each element once; pass 3 recomputes ``s`` and ``r`` with the same
+    operations on the same inputs (bit-identical), and is the only pass that
+    stores, so ``r`` may overwrite the residual it is computed from."""
+    base = tl.program_id(0).to(tl.int64) * hidden
+    lanes = tl.arange(0, CHUNK)
+    act = r_ptr.dtype.element_ty
+
+    sum_x = tl.zeros([CHUNK], dtype=tl.float32)
+    for c in range(NUM_CHUNKS):
+        cols = c * CHUNK + lanes
+        x = tl.load(attn_ptr + base + cols, mask=cols < hidden, other=0.0).to(tl.float32)
+        sum_x += x * x
+    inv_x = tl.rsqrt(tl.sum(sum_x, axis=0) / hidden + eps)
+
+    sum_s = tl.zeros([CHUNK], dtype=tl.float32)
+    sum_r = tl.zeros([CHUNK], dtype=tl.float32)
+    for c in range(NUM_CHUNKS):
+        cols = c * CHUNK + lanes
+        col_ok = cols < hidden
+        x = tl.load(attn_ptr + base + cols, mask=col_ok, other=0.0).to(tl.float32)
+        res = tl.load(res_ptr + base + cols, mask=col_ok, other=0.0).to(tl.float32)
+        s, r = _residual_sum(x, res, inv_x, _load_weight(w_post_ptr, cols, col_ok), act, BF16_RNE_BY_BITS)
+        r32 = r.to(tl.float32)
+        sum_s += s * s
+        sum_r += r32 * r32
+    # fused_add_rmsnorm normalizes the unrounded fp32 sum; the router's norm and
+    # pre_feedforward_layernorm_2 read the stored residual.
+    inv_s = tl.rsqrt(tl.sum(sum_s, axis=0) / hidden + eps)
+    inv_r = tl.rsqrt(tl.sum(sum_r, axis=0) / hidden + eps)
+
+    for c in range(NUM_CHUNKS):
+        cols = c * CHUNK + lanes
+        col_ok = cols < hidden
+        x = tl.load(attn_ptr + base + cols, mask=col_ok, other=0.0).to(tl.float32)
+        res = tl.load(res_ptr + base + cols, mask=col_ok, other=0.0).to(tl.float32)
+        s, r = _residual_sum(x, res, inv_x, _load_weight(w_post_ptr, cols, col_ok), act, BF16_RNE_BY_BITS)
+        tl.store(r_ptr + base + cols, r, mask=col_ok)
+        dense = (s * inv_s) * _load_weight(w_pre_ff_ptr, cols, col_ok)
+        tl.store(dense_ptr + base + cols, _round_to(dense, act, BF16_RNE_BY_BITS), mask=col_ok)
+        r_normed = r.to(tl.float32) * inv_r
+        router = r_normed * _load_weight(w_router_ptr, cols, col_ok)
+        tl.store(router_ptr + base + cols, _round_to(router, act, BF16_RNE_BY_BITS), mask=col_ok)
+        moe = r_normed * _load_weight(w_pre_ff_2_ptr, cols, col_ok)
+        tl.store(moe_ptr + base + cols, _round_to(moe, act, BF16_RNE_BY_BITS), mask=col_ok)
 
 
 class TripleNormLaunch(NamedTuple):
-    block_h: int
+    """``kernel`` "row": ``rows_per_program`` whole rows of ``block`` (a power of
+    two >= hidden) lanes per program; "chunked": one row per program, ``block``
+    columns at a time."""
+
+    kernel: str
+    block: int
     rows_per_program: int
     num_warps: int
 
 
-def launch_config(hidden: int) -> TripleNormLaunch:
-    """How to launch the kernel for rows of ``hidden`` elements.
+# Up to about two rows per SM (H200: 132 SMs) the kernel is latency-bound.
+ROW_KERNEL_MAX_ROWS = 256
+CHUNK = 1024
+# Elements of each live tensor per thread: one 16-byte vector of bf16.
+ELEMENTS_PER_THREAD = 8
 
-    A whole row lives in registers (``block_h`` is ``hidden`` rounded up to a
-    power of two). Narrow rows are batched several to a program so that each
-    program still moves a few KB; wider rows get more warps so that each thread
-    holds ~16 elements of each live tensor instead of spilling.
+
+def launch_config(hidden: int, n_rows: int) -> TripleNormLaunch:
+    """How to launch the kernel for ``n_rows`` rows of ``hidden`` elements.
+
+    Few rows: the row kernel, every load issued at once; narrow rows batched
+    several to a program. Many rows: the chunked kernel, whose small register
+    footprint lets many programs share an SM. Either way each thread holds
+    ``ELEMENTS_PER_THREAD`` elements of each tensor it works on (sm_90 ptxas:
+    88 registers for a 2816-wide row in 16 warps, 64 for 5376 in 32; 86 for the
+    chunked kernel at 1024 columns in 4 warps).
     """
-    block_h = triton.next_power_of_2(hidden)
-    return TripleNormLaunch(
-        block_h=block_h,
-        rows_per_program=max(1, min(16, 2048 // block_h)),
-        num_warps=min(16, max(4, block_h // 512)),
-    )
+    if n_rows > ROW_KERNEL_MAX_ROWS and hidden > CHUNK:
+        return TripleNormLaunch("chunked", CHUNK, 1, CHUNK // (32 * ELEMENTS_PER_THREAD))
+    block = triton.next_power_of_2(hidden)
+    rows = max(1, min(16, 2048 // block))
+    return TripleNormLaunch("row", block, rows, max(4, min(32, rows * block // (32 * ELEMENTS_PER_THREAD))))
 
 
 def supports(
@@ -230,8 +324,7 @@ def post_attn_triple_rmsnorm(
     eps: float,
     *,
     residual_out: torch.Tensor | None = None,
-    rows_per_program: int | None = None,
-    num_warps: int | None = None,
+    launch: TripleNormLaunch | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(r, dense_in, router_in, moe_in)`` of a Gemma-4 MoE layer in one launch.
 
@@ -244,10 +337,8 @@ def post_attn_triple_rmsnorm(
 
     ``attn_out``/``residual``: ``[tokens, hidden]``, contiguous, one dtype.
     Weights: ``[hidden]``, any float dtype (read as fp32). ``r`` is written to
-    ``residual_out`` when given, which may be ``residual`` itself (the program
-    that writes an element has read it already), else to a new tensor.
-    ``rows_per_program`` (a power of two) and ``num_warps`` override
-    :func:`launch_config`.
+    ``residual_out`` when given, which may be ``residual`` itself, else to a new
+    tensor. ``launch`` overrides :func:`launch_config` (benchmark sweeps).
 
     An empty batch returns empty outputs without a launch; other inputs that
     :func:`supports` rejects raise ``ValueError``.
@@ -276,27 +367,31 @@ def post_attn_triple_rmsnorm(
             f"{[(tuple(w.shape), w.dtype, str(w.device)) for w in weights]}"
         )
     n_rows, hidden = attn_out.shape
-    config = launch_config(hidden)
-    rows = rows_per_program or config.rows_per_program
-    if rows & (rows - 1):
-        raise ValueError(f"rows_per_program must be a power of two, got {rows}")
-    _post_attn_triple_rmsnorm_kernel[(triton.cdiv(n_rows, rows),)](
-        attn_out,
-        residual,
-        w_post_attn,
-        w_pre_ff,
-        w_router,
-        w_pre_ff_2,
-        residual_out,
-        dense_in,
-        router_in,
-        moe_in,
-        n_rows,
-        hidden,
-        eps,
-        ROWS=rows,
-        BLOCK_H=config.block_h,
-        BF16_RNE_BY_BITS=triton_interpreting() and attn_out.dtype == torch.bfloat16,
-        num_warps=num_warps or config.num_warps,
-    )
+    launch = launch or launch_config(hidden, n_rows)
+    if launch.block & (launch.block - 1) or launch.rows_per_program & (launch.rows_per_program - 1):
+        raise ValueError(f"block and rows_per_program must be powers of two: {launch}")
+    args = (*((attn_out, residual) + weights + outputs), n_rows, hidden, eps)
+    rne_by_bits = triton_interpreting() and attn_out.dtype == torch.bfloat16
+    if launch.kernel == "row":
+        if launch.block < hidden:
+            raise ValueError(f"the row kernel needs block >= hidden ({hidden}): {launch}")
+        _triple_norm_row_kernel[(triton.cdiv(n_rows, launch.rows_per_program),)](
+            *args,
+            ROWS=launch.rows_per_program,
+            BLOCK=launch.block,
+            BF16_RNE_BY_BITS=rne_by_bits,
+            num_warps=launch.num_warps,
+        )
+    elif launch.kernel == "chunked":
+        if launch.rows_per_program != 1:
+            raise ValueError(f"the chunked kernel takes one row per program: {launch}")
+        _triple_norm_chunked_kernel[(n_rows,)](
+            *args,
+            CHUNK=launch.block,
+            NUM_CHUNKS=triton.cdiv(hidden, launch.block),
+            BF16_RNE_BY_BITS=rne_by_bits,
+            num_warps=launch.num_warps,
+        )
+    else:
+        raise ValueError(f"unknown kernel {launch.kernel!r}")
     return outputs
