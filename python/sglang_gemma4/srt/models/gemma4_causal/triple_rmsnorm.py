@@ -28,14 +28,14 @@ falls back, the layer runs SGLang's own ``_next_stream``.
 
 The read falls back to SGLang's two launches (post-attention norm, then
 ``norm(h, residual)``) for: activations other than 2-D contiguous bf16/fp16 on
-CUDA (fp32 on CPU tensors too, under Triton's interpreter, so that the CPU tests
-run the kernel), an empty batch, a row wider than ``MAX_FUSED_ROW``, norms
+CUDA (not ROCm; fp32 on CPU tensors too, under Triton's interpreter, so that
+the CPU tests run the kernel), an empty batch, a row wider than ``MAX_FUSED_ROW``, norms
 configured to round or quantize differently (``cast_x_before_out_mul``, a
 variance size override, an fp32 residual, an input-quant fusion, unequal eps, a
 router norm with its own scale) and SGLang's batch-invariant mode.
 
 Parallelism: the read runs where the boundary hands it the complete attention
-output, after the TP all-reduce. Under attention DP or context parallelism the
+output, after the TP all-reduce (tested: TP=2 over gloo on CPU). Under attention DP or context parallelism the
 patch leaves the layers as SGLang declares them (logged once): those row
 layouts are not covered by our tests.
 
@@ -50,6 +50,12 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from sglang.kernels.ops.layernorm.gemma4_fused_ops import gemma_dual_rmsnorm_residual_scalar
+from sglang.srt import batch_invariant_ops
+from sglang.srt.layers.layer_boundary import SumGroup
+from sglang.srt.layers.layer_boundary.output import OutputTransform
+from sglang.srt.layers.layer_boundary.residual import batch as residual_batch
+from sglang.srt.runtime_context import get_parallel
 
 from sglang_gemma4.kernels.support import triton_interpreting
 from sglang_gemma4.kernels.triple_rmsnorm import post_attn_triple_rmsnorm, supports
@@ -62,6 +68,9 @@ _LAYER = "sglang.srt.models.gemma4_causal.Gemma4DecoderLayer"
 # The issue's scope for the fused path; fp32 is added on CPU tensors under the
 # interpreter, where the CPU tests compare the model in fp32.
 CUDA_DTYPES = (torch.bfloat16, torch.float16)
+# ROCm tensors are "cuda" tensors too, but SGLang runs other norm kernels there
+# (aiter, forward_native) and the kernel is untested on it.
+_ON_ROCM = torch.version.hip is not None
 
 
 def fused_dtypes() -> tuple[torch.dtype, ...]:
@@ -93,14 +102,12 @@ def _rounds_like_rmsnorm(norm: torch.nn.Module) -> bool:
 
 def fused_read_applies(layer: torch.nn.Module, pre_ff: torch.nn.Module) -> bool:
     """Whether ``layer``'s norms compute what the kernel computes (shapes aside)."""
-    from sglang.srt.batch_invariant_ops import is_batch_invariant_mode_enabled
-
     post_attn, pre_ff_2, router_norm = (
         layer.post_attention_layernorm,
         layer.pre_feedforward_layernorm_2,
         layer.router.norm,
     )
-    if is_batch_invariant_mode_enabled():
+    if _ON_ROCM or batch_invariant_ops.is_batch_invariant_mode_enabled():
         return False
     if not all(_rounds_like_rmsnorm(n) for n in (post_attn, pre_ff, pre_ff_2)):
         return False
@@ -115,8 +122,9 @@ class PostAttentionTripleNormRead:
     """The FFN read of a Gemma-4 MoE layer (a ``ResidualReadout``).
 
     ``update_and_read(update, h, residual, pre_ff)`` with ``h`` the complete
-    attention output returns ``(dense_in, r)``, ``r = rmsnorm(h, w_post_attn) +
-    residual``, ``dense_in = pre_ff(r)``, as SGLang's transformed read does; when
+    attention output returns ``(dense_in, r)`` as SGLang's transformed read does:
+    ``s = rmsnorm(h, w_post_attn) + residual``, ``r = round(s)``, ``dense_in =
+    rmsnorm(s, w_pre_ff)`` (``fused_add_rmsnorm``); when
     bound to a :class:`TripleNormCall` and the inputs allow, in one kernel that
     also leaves ``router.norm(r)`` and ``pre_feedforward_layernorm_2(r)`` in the
     call. ``post_attention_layernorm`` is None in declarations built from the
@@ -208,8 +216,6 @@ def declares_triple_norm_read(config: Any) -> bool:
         return False
     if (getattr(config, "hidden_size_per_layer_input", None) or 0) > 0:
         return False
-    from sglang.srt.runtime_context import get_parallel
-
     parallel = get_parallel()
     if parallel.attn_dp_size > 1 or parallel.attn_cp_size > 1:
         if not _skip_logged:
@@ -229,8 +235,6 @@ def stage_facts(original: Callable, cls: type, config: Any, layer_id: int, *, po
     attn, ffn = original(cls, config, layer_id, post_attention_layernorm=post_attention_layernorm)
     if not declares_triple_norm_read(config) or not attn.update.is_plain_add:
         return attn, ffn
-    from sglang.srt.layers.layer_boundary.output import OutputTransform
-
     return (
         dataclasses.replace(attn, output_transform=OutputTransform(_normed_inside_the_ffn_read)),
         dataclasses.replace(ffn, read=PostAttentionTripleNormRead(post_attention_layernorm)),
@@ -249,9 +253,6 @@ def moe_stream(
     (each part's TP sum completed), then
     ``(post_ff(post_ff_1(dense) + post_ff_2(moe)) + residual) * layer_scalar``
     in SGLang's fused kernel on CUDA, eagerly elsewhere, as SGLang does."""
-    from sglang.kernels.ops.layernorm.gemma4_fused_ops import gemma_dual_rmsnorm_residual_scalar
-    from sglang.srt.layers.layer_boundary import SumGroup
-
     boundary = layer.ffn_boundary
     dense_out = boundary.sum_part(layer.mlp(dense_in), forward_batch, SumGroup.TP)
     router_logits, _ = layer.router.proj(call.router_in)
@@ -292,8 +293,6 @@ def forward(
     other layers go to ``original``."""
     if not isinstance(self.ffn_boundary.declaration.read, PostAttentionTripleNormRead):
         return original(self, positions, hidden_states, per_layer_input, forward_batch, capture_output, **kwargs)
-    from sglang.srt.layers.layer_boundary.residual import batch as residual_batch
-
     hidden_states = self.attn_boundary.prepare(hidden_states, forward_batch, capture=capture_output)
     hidden_states = self.self_attn(positions=positions, hidden_states=hidden_states, forward_batch=forward_batch)
     hidden_states = self.attn_boundary.finish(hidden_states, forward_batch)
