@@ -79,6 +79,9 @@ class Patch:
     delete_when: str
     check: Callable[[], str | None] | None = None
     opt_in_env: str | None = None
+    # A patch of CUDA-only code (say, an attention backend whose module imports
+    # CUDA kernels) is "off" on a machine without CUDA, not "skipped".
+    needs_cuda: bool = False
     sglang_versions: tuple[str, ...] = (SUPPORTED_SGLANG_VERSION,)
 
     @property
@@ -113,6 +116,12 @@ def disabled_names() -> set[str]:
     if names & {"all", "1", "true", "yes", "on", "*"}:
         return {"all"}
     return names
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def installed_sglang_version() -> str | None:
@@ -189,10 +198,13 @@ def _with_patch_note(patch_name: str, fn: Callable) -> Callable:
         try:
             return fn(*args, **kwargs)
         except Exception as e:
-            e.add_note(
+            note = (
                 f"[sglang-gemma4] raised in a call routed through patch '{patch_name}'; "
                 f"to rule the plugin out, restart with {DISABLE_ENV}={patch_name}"
             )
+            # Nested hooks of one patch (or re-raises) would otherwise repeat it.
+            if note not in getattr(e, "__notes__", ()):
+                e.add_note(note)
             raise
 
     hooked.__name__ = getattr(fn, "__name__", "hook")
@@ -242,6 +254,9 @@ def apply_all(patches: Sequence[Patch], import_failures: Sequence[PatchStatus] =
             continue
         if patch.opt_in_env and not env_flag(patch.opt_in_env):
             _status[patch.name] = PatchStatus(patch.name, "off", f"opt-in: set {patch.opt_in_env}=1", patch.summary)
+            continue
+        if patch.needs_cuda and not _cuda_available():
+            _status[patch.name] = PatchStatus(patch.name, "off", "needs a CUDA device", patch.summary)
             continue
         reason = incompatibility(patch, version)
         if reason is None:

@@ -138,16 +138,14 @@ def test_check_tracks_upstream(plugin_table):
     assert "no longer sets" in fa_patch.frozen_kv_gap_reason(init.replace("use_sliding_window_kv_pool", "swa"))
 
 
-def test_patch_status_matches_what_this_machine_can_import(plugin_table):
-    import importlib
+def test_patch_status_matches_this_machine(plugin_table):
+    import torch
 
     status = plugin_table["fa_frozen_kv_swa"]
-    try:
-        importlib.import_module(FA_MODULE)
-    except ImportError:  # no CUDA build of sgl_kernel: no FA backend to patch
-        assert status.state == "skipped" and "flashattention_backend" in status.reason
-    else:
-        assert status.state == "applied"
+    if torch.cuda.is_available():
+        assert status.state == "applied", status
+    else:  # the FA backend module needs a CUDA build of sgl_kernel: nothing to patch, no warning
+        assert (status.state, status.reason) == ("off", "needs a CUDA device")
 
 
 def test_runner_without_speculative_attributes_is_left_alone(plugin_table):

@@ -125,6 +125,30 @@ def test_opt_in_patch_is_off_until_its_switch_is_set(fresh_registry, monkeypatch
     assert Target().double(1) == 2
 
 
+def test_cuda_only_patch_is_off_without_cuda(fresh_registry, monkeypatch):
+    monkeypatch.setattr(registry, "_cuda_available", lambda: False)
+    p = Patch("cuda_only", "x", (Hook(f"{HERE}.Target.double", _add_one),), "never", needs_cuda=True)
+    st = _apply([p])["cuda_only"]
+    assert (st.state, st.reason) == ("off", "needs a CUDA device")
+    assert Target().double(1) == 2
+
+
+def _explode_twice(original, self, x):
+    return Target.triple(self, x)
+
+
+def test_nested_hooks_of_one_patch_note_once(fresh_registry):
+    p = Patch(
+        "nested", "x",
+        (Hook(f"{HERE}.Target.double", _explode_twice), Hook(f"{HERE}.Target.triple", _explode)),
+        "never",
+    )
+    _apply([p])
+    with pytest.raises(ValueError) as info:
+        Target().double(1)
+    assert len(info.value.__notes__) == 1
+
+
 def test_runtime_error_names_the_patch(fresh_registry):
     _apply([good_patch("explosive", fn=_explode)])
     with pytest.raises(ValueError, match="boom") as info:

@@ -104,5 +104,6 @@ PATCHES = [
         hooks=(Hook(f"{_BACKEND}.__init__", resolve_frozen_kv_swa_pool, "after", ("self", "model_runner")),),
         delete_when="FlashAttentionBackend.__init__ resolves the target's SWA pool for a frozen-KV MTP draft",
         check=_check,
+        needs_cuda=True,
     )
 ]
