@@ -56,7 +56,7 @@ IMPLS = ("fused", "sglang", "torch_compile", "eager")
 
 COPY_FRACTION_MIN, LARGE_TOKENS_MIN = 0.85, 4096
 # (rows_per_program, num_warps) tried for the launch sweep at large token counts.
-SWEEP = [(1, 4), (1, 8), (1, 16), (2, 8), (2, 16), (4, 16)]
+SWEEP = [(1, 4), (1, 8), (1, 16), (1, 32), (2, 16), (2, 32)]
 SWEEP_TOKENS = (4096, 16384)
 
 

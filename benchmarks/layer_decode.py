@@ -43,6 +43,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
+import json
 import sys
 import time
 from functools import partial
@@ -425,6 +426,26 @@ def per_step(rows: list[dict]) -> list[dict]:
     return sorted(out.values(), key=lambda e: (e["model"], e["tokens"]))
 
 
+def markdown(doc: dict) -> str:
+    """README tables from a results JSON: per-layer time and launches, and per decode step."""
+    lines = [
+        f"{doc['device']}, torch {doc['torch']}, triton {doc['triton']}, {doc['date']}; plugin kernels: "
+        f"{', '.join(doc['plugin_kernels'])}",
+        "",
+        "| layer | batch | SGLang 0.5.23 us (launches) | plugin us (launches) | torch.compile us | speed-up |",
+        "|---|---|---|---|---|---|",
+    ]
+    for line in summarize(doc["rows"]):
+        lines.append(
+            f"| {line['layer']} | {line['tokens']} | {line['sglang_us']:.1f} ({line['launches_sglang']}) | "
+            f"{line['fused_us']:.1f} ({line['launches_fused']}) | {line['compile_us']:.1f} | {line['x_sglang']:.2f}x |"
+        )
+    lines += ["", "| model | batch | SGLang 0.5.23 us/step | plugin us/step | saved us/step |", "|---|---|---|---|---|"]
+    for e in doc["per_step"]:
+        lines.append(f"| {e['model']} | {e['tokens']} | {e['sglang_us']:.0f} | {e['fused_us']:.0f} | {e['saved_us']:.0f} |")
+    return "\n".join(lines)
+
+
 def plot(rows: list[dict], path: Path) -> None:
     harness.plot_us_vs_tokens(rows, path, title="decode layer, non-GEMM work (bf16)", group_key="layer")
 
@@ -434,7 +455,11 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="*", default=BATCHES)
     parser.add_argument("--models", nargs="*", default=list(LAYERS_PER_MODEL), choices=list(LAYERS_PER_MODEL))
     parser.add_argument("--no-compile", action="store_true", help="skip the torch_compile implementation")
+    parser.add_argument("--markdown", type=Path, help="print README tables from this results JSON and exit")
     args = parser.parse_args()
+    if args.markdown:
+        print(markdown(json.loads(args.markdown.read_text())))
+        return
 
     started = time.perf_counter()
     kernels, missing = load_plugin_kernels()

@@ -182,16 +182,19 @@ def rope(positions, q, k, cos_sin_cache, num_q_heads, num_kv_heads, head_dim) ->
 
 
 @triton.jit
-def _kv_store_kernel(k_ptr, v_ptr, kc_ptr, vc_ptr, loc_ptr, k_stride, v_stride, ROW: tl.constexpr):
+def _kv_store_kernel(k_ptr, v_ptr, kc_ptr, vc_ptr, loc_ptr, k_stride, v_stride, row_len, BLOCK: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
-    cols = tl.arange(0, ROW)
+    cols = tl.arange(0, BLOCK)
+    mask = cols < row_len
     slot = tl.load(loc_ptr + row).to(tl.int64)
-    tl.store(kc_ptr + slot * ROW + cols, tl.load(k_ptr + row * k_stride + cols))
-    tl.store(vc_ptr + slot * ROW + cols, tl.load(v_ptr + row * v_stride + cols))
+    tl.store(kc_ptr + slot * row_len + cols, tl.load(k_ptr + row * k_stride + cols, mask=mask), mask=mask)
+    tl.store(vc_ptr + slot * row_len + cols, tl.load(v_ptr + row * v_stride + cols, mask=mask), mask=mask)
 
 
 def kv_store(k, v, k_cache, v_cache, loc) -> None:
-    _kv_store_kernel[(k.shape[0],)](k, v, k_cache, v_cache, loc, k.stride(0), v.stride(0), ROW=k.shape[1])
+    _kv_store_kernel[(k.shape[0],)](
+        k, v, k_cache, v_cache, loc, k.stride(0), v.stride(0), k.shape[1], BLOCK=triton.next_power_of_2(k.shape[1])
+    )
 
 
 # --------------------------------------------------------------------------- MLP / MoE
@@ -246,8 +249,8 @@ def topk_routing(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tens
 
 
 @triton.jit
-def _moe_count_kernel(ids_ptr, cursor_ptr, expert_of_block_ptr, n_ids, E: tl.constexpr, E_PAD: tl.constexpr,
-                      BLOCK_M: tl.constexpr, N_PAD: tl.constexpr, MAX_BLOCKS: tl.constexpr):
+def _moe_count_kernel(ids_ptr, cursor_ptr, expert_of_block_ptr, n_ids, n_blocks, E: tl.constexpr, E_PAD: tl.constexpr,
+                      BLOCK_M: tl.constexpr, N_PAD: tl.constexpr, CHUNK: tl.constexpr):
     i = tl.arange(0, N_PAD)
     # Padding lanes count into bin E, which owns no slots.
     ids = tl.load(ids_ptr + i, mask=i < n_ids, other=E)
@@ -258,9 +261,10 @@ def _moe_count_kernel(ids_ptr, cursor_ptr, expert_of_block_ptr, n_ids, E: tl.con
     starts = ends - padded
     tl.store(cursor_ptr + e, starts, mask=e < E)
     # Which expert each block of BLOCK_M sorted slots belongs to.
-    b = tl.arange(0, MAX_BLOCKS)
-    owner = tl.sum((b[:, None] * BLOCK_M >= ends[None, :]).to(tl.int32), axis=1)
-    tl.store(expert_of_block_ptr + b, owner)
+    for b0 in range(0, n_blocks, CHUNK):
+        b = b0 + tl.arange(0, CHUNK)
+        owner = tl.sum((b[:, None] * BLOCK_M >= ends[None, :]).to(tl.int32), axis=1)
+        tl.store(expert_of_block_ptr + b, owner, mask=b < n_blocks)
 
 
 @triton.jit
@@ -276,13 +280,13 @@ def moe_align(ids: torch.Tensor, num_experts: int, block_m: int) -> tuple[torch.
     """Token slots sorted by expert, each expert's run padded to ``block_m`` (two launches)."""
     n = ids.numel()
     max_slots = n + num_experts * (block_m - 1)
-    max_blocks = triton.next_power_of_2(triton.cdiv(max_slots, block_m))
+    max_blocks = triton.cdiv(max_slots, block_m)
     cursor = torch.empty(num_experts, dtype=torch.int32, device=ids.device)
     expert_of_block = torch.empty(max_blocks, dtype=torch.int32, device=ids.device)
     sorted_ids = torch.empty(max_slots, dtype=torch.int32, device=ids.device)
     _moe_count_kernel[(1,)](
-        ids, cursor, expert_of_block, n, E=num_experts, E_PAD=triton.next_power_of_2(num_experts + 1), BLOCK_M=block_m, N_PAD=triton.next_power_of_2(n),
-        MAX_BLOCKS=max_blocks,
+        ids, cursor, expert_of_block, n, max_blocks, E=num_experts, E_PAD=triton.next_power_of_2(num_experts + 1),
+        BLOCK_M=block_m, N_PAD=triton.next_power_of_2(n), CHUNK=32,
     )
     _moe_scatter_kernel[(triton.cdiv(n, 256),)](ids, cursor, sorted_ids, n, BLOCK=256)
     return sorted_ids, expert_of_block

@@ -105,8 +105,9 @@ def test_launch_overrides_do_not_change_results(rows_per_program, num_warps):
 
 def test_launch_config():
     assert eol.launch_config(128) == (128, 16, 4)
-    assert eol.launch_config(2816) == (4096, 1, 8)
-    assert eol.launch_config(5376) == (8192, 1, 16)
+    assert eol.launch_config(1536) == (2048, 1, 8)
+    assert eol.launch_config(2816) == (4096, 1, 16)
+    assert eol.launch_config(5376) == (8192, 1, 32)
 
 
 def _unsupported(kind: str) -> dict[str, tuple]:

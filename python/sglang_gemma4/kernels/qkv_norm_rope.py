@@ -76,11 +76,11 @@ def _qkv_norm_rope_kernel(
     NUM_Q_HEADS: tl.constexpr,
     NUM_KV_HEADS: tl.constexpr,
     HEAD_DIM: tl.constexpr,
+    HALF: tl.constexpr,
     BF16_RNE_BY_BITS: tl.constexpr,
 ):
     token = tl.program_id(0).to(tl.int64)
     head = tl.program_id(1)
-    HALF: tl.constexpr = HEAD_DIM // 2
     i = tl.arange(0, HALF)
     act = q_ptr.dtype.element_ty
 
@@ -149,6 +149,8 @@ def _problem(
             return f"{name} must be contiguous [{head_dim}] on {q.device}, got {tuple(w.shape)} on {w.device}"
         if w is not None and w.dtype not in FUSED_DTYPES:
             return f"{name} dtype {w.dtype}"
+    if w_k is not None and w_k.dtype != w_q.dtype:
+        return f"w_k dtype {w_k.dtype} differs from w_q's {w_q.dtype}"
     if positions.dim() != 1 or positions.shape[0] != q.shape[0] or positions.device != q.device:
         return f"positions must be [{q.shape[0]}] on {q.device}, got {tuple(positions.shape)} on {positions.device}"
     if positions.dtype not in (torch.int32, torch.int64):
@@ -231,6 +233,7 @@ def qkv_norm_rope(
         NUM_Q_HEADS=num_q_heads,
         NUM_KV_HEADS=kv_heads,
         HEAD_DIM=head_dim,
+        HALF=head_dim // 2,
         BF16_RNE_BY_BITS=triton_interpreting() and q.dtype == torch.bfloat16,
         num_warps=max(1, min(4, head_dim // 256)),
     )
