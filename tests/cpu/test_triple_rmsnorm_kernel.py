@@ -100,8 +100,8 @@ def test_residual_updated_in_place(launch):
 def test_launch_config_by_width_and_batch():
     assert launch_config(128, 1) == ("row", 128, 16, 8)
     assert launch_config(2816, 1) == ("row", 4096, 1, 16)
-    assert launch_config(5376, 256) == ("row", 8192, 1, 32)
-    assert launch_config(2816, 4096) == ("chunked", 1024, 1, 4)
+    assert launch_config(5376, 128) == ("row", 8192, 1, 32)
+    assert launch_config(2816, 129) == ("chunked", 1024, 1, 4)
     assert launch_config(5376, 16384) == ("chunked", 1024, 1, 4)
     assert launch_config(1000, 4096) == ("row", 1024, 2, 8)
 

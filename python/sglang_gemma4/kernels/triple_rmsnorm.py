@@ -166,12 +166,13 @@ def _triple_norm_row_kernel(
     inv_x = tl.rsqrt(tl.sum(x * x, axis=1) / hidden + eps)[:, None]
     s, r = _residual_sum(x, res, inv_x, w_post, act, BF16_RNE_BY_BITS)
     tl.store(r_ptr + offs, r, mask=mask)
-    # fused_add_rmsnorm normalizes the unrounded fp32 sum...
-    inv_s = tl.rsqrt(tl.sum(s * s, axis=1) / hidden + eps)[:, None]
-    tl.store(dense_ptr + offs, _round_to((s * inv_s) * w_pre_ff, act, BF16_RNE_BY_BITS), mask=mask)
-    # ...the router's norm and pre_feedforward_layernorm_2 read the stored residual.
+    # fused_add_rmsnorm normalizes the unrounded fp32 sum; the router's norm and
+    # pre_feedforward_layernorm_2 read the stored residual.
     r32 = r.to(tl.float32)
-    r_normed = r32 * tl.rsqrt(tl.sum(r32 * r32, axis=1) / hidden + eps)[:, None]
+    inv_s = tl.rsqrt(tl.sum(s * s, axis=1) / hidden + eps)[:, None]
+    inv_r = tl.rsqrt(tl.sum(r32 * r32, axis=1) / hidden + eps)[:, None]
+    tl.store(dense_ptr + offs, _round_to((s * inv_s) * w_pre_ff, act, BF16_RNE_BY_BITS), mask=mask)
+    r_normed = r32 * inv_r
     tl.store(router_ptr + offs, _round_to(r_normed * w_router, act, BF16_RNE_BY_BITS), mask=mask)
     tl.store(moe_ptr + offs, _round_to(r_normed * w_pre_ff_2, act, BF16_RNE_BY_BITS), mask=mask)
 
@@ -195,8 +196,8 @@ def _triple_norm_chunked_kernel(
     NUM_CHUNKS: tl.constexpr,
     BF16_RNE_BY_BITS: tl.constexpr,
 ):
-    """One row per program, ``CHUNK`` columns at a time, in three passes (loops,
-    not unrolled: unrolling puts every chunk's loads in registers at once): the
+    """One row per program, ``CHUNK`` columns at a time, in three passes (each
+    unrolled, so that a pass has all its chunks' loads in flight at once): the
     sum of squares of attn_out; the sums of squares of ``s`` and ``r``; all four
     outputs. Few registers per program, so many rows are in flight per SM (the
     bandwidth-bound sizes). Passes 2 and 3 re-read the row from L1/L2, so DRAM
@@ -208,7 +209,7 @@ def _triple_norm_chunked_kernel(
     act = r_ptr.dtype.element_ty
 
     sum_x = tl.zeros([CHUNK], dtype=tl.float32)
-    for c in range(NUM_CHUNKS):
+    for c in tl.static_range(NUM_CHUNKS):
         cols = c * CHUNK + lanes
         x = tl.load(attn_ptr + base + cols, mask=cols < hidden, other=0.0).to(tl.float32)
         sum_x += x * x
@@ -216,7 +217,7 @@ def _triple_norm_chunked_kernel(
 
     sum_s = tl.zeros([CHUNK], dtype=tl.float32)
     sum_r = tl.zeros([CHUNK], dtype=tl.float32)
-    for c in range(NUM_CHUNKS):
+    for c in tl.static_range(NUM_CHUNKS):
         cols = c * CHUNK + lanes
         col_ok = cols < hidden
         x = tl.load(attn_ptr + base + cols, mask=col_ok, other=0.0).to(tl.float32)
@@ -230,7 +231,7 @@ def _triple_norm_chunked_kernel(
     inv_s = tl.rsqrt(tl.sum(sum_s, axis=0) / hidden + eps)
     inv_r = tl.rsqrt(tl.sum(sum_r, axis=0) / hidden + eps)
 
-    for c in range(NUM_CHUNKS):
+    for c in tl.static_range(NUM_CHUNKS):
         cols = c * CHUNK + lanes
         col_ok = cols < hidden
         x = tl.load(attn_ptr + base + cols, mask=col_ok, other=0.0).to(tl.float32)
@@ -257,8 +258,9 @@ class TripleNormLaunch(NamedTuple):
     num_warps: int
 
 
-# Up to about two rows per SM (H200: 132 SMs) the kernel is latency-bound.
-ROW_KERNEL_MAX_ROWS = 256
+# Up to about one row per SM (H200: 132 SMs), the row kernel's single wave
+# beats the chunked kernel's longer per-row latency.
+ROW_KERNEL_MAX_ROWS = 128
 CHUNK = 1024
 # Elements of each live tensor per thread: one 16-byte vector of bf16.
 ELEMENTS_PER_THREAD = 8
@@ -271,8 +273,8 @@ def launch_config(hidden: int, n_rows: int) -> TripleNormLaunch:
     several to a program. Many rows: the chunked kernel, whose small register
     footprint lets many programs share an SM. Either way each thread holds
     ``ELEMENTS_PER_THREAD`` elements of each tensor it works on (sm_90 ptxas:
-    88 registers for a 2816-wide row in 16 warps, 64 for 5376 in 32; 86 for the
-    chunked kernel at 1024 columns in 4 warps).
+    86 registers for a 2816-wide row in 16 warps, 64 for 5376 in 32; 94 and
+    124 for the chunked kernel at 1024 columns in 4 warps).
     """
     if n_rows > ROW_KERNEL_MAX_ROWS and hidden > CHUNK:
         return TripleNormLaunch("chunked", CHUNK, 1, CHUNK // (32 * ELEMENTS_PER_THREAD))
