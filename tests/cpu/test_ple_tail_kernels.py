@@ -131,6 +131,94 @@ def test_norm_kernels_read_spaced_rows() -> None:
     assert_matches_reference(out, ref, magnitude=2 * operand_magnitude(weight, residual))
 
 
+# Launches other than the ones the tiny shapes above get from the table: several
+# rows per program with a partly empty last program, and the looped kernel with
+# whole and partial chunks.
+NORM_LAUNCHES = [
+    # (hidden, tokens, launch)
+    (1536, 6, pt.NormLaunch("row", 2048, 4, 16)),
+    (2560, 3, pt.NormLaunch("row", 4096, 2, 4, stream_hints=True)),
+    (1001, 5, pt.NormLaunch("row", 1024, 2, 2)),
+    (1536, 3, pt.NormLaunch("looped", 512, 1, 2)),
+    (2560, 2, pt.NormLaunch("looped", 1024, 1, 4, stream_hints=True)),
+    (1001, 5, pt.NormLaunch("looped", 1024, 1, 4)),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize(
+    "hidden,tokens,launch",
+    NORM_LAUNCHES,
+    ids=[f"{h}x{t}-{l.kernel}-b{l.block}-r{l.rows_per_program}-w{l.num_warps}" for h, t, l in NORM_LAUNCHES],
+)
+def test_norm_kernels_under_every_launch_kind(hidden: int, tokens: int, launch: pt.NormLaunch, dtype: torch.dtype) -> None:
+    x, weight, residual = make_norm_inputs(tokens, hidden, dtype, adversarial=True, seed=hidden + tokens)
+    scale = torch.tensor([0.37], dtype=dtype)
+    out = pt.rmsnorm_add(x, weight, residual, EPS, launch=launch)
+    assert_matches_reference(
+        out, pt.rmsnorm_add_reference(x, weight, residual, EPS), magnitude=operand_magnitude(out, residual)
+    )
+    out = pt.rmsnorm_add_scale(x, weight, residual, scale, EPS, launch=launch)
+    normed = pt.rmsnorm_add_reference(x, weight, torch.zeros_like(residual), EPS)
+    assert_matches_reference(
+        out,
+        pt.rmsnorm_add_scale_reference(x, weight, residual, scale, EPS),
+        magnitude=0.37 * operand_magnitude(normed, residual),
+    )
+
+
+@pytest.mark.parametrize("n_cols", [1, 77, 128, 1001, 1536, 2560, 4096, 5376, MAX_FUSED_ROW])
+def test_norm_launch_table(n_cols: int) -> None:
+    """Every width and batch gets a launch the kernels take, with a bounded register footprint."""
+    for n_rows in (1, 256, 512, 513, 2048, 2049, 8191, 8192, 100_000):
+        launch = pt.norm_launch(n_cols, n_rows)
+        pt._check_launch(launch)
+        threads = 32 * launch.num_warps
+        if launch.kernel == "row":
+            assert launch.block >= n_cols and launch.rows_per_program * launch.block <= 64 * threads, launch
+        else:
+            assert launch.kernel == "looped" and launch.rows_per_program == 1 and launch.block <= 64 * threads
+        # the looped kernel exactly where it was measured to win: many rows, wider than one chunk
+        assert (launch.kernel == "looped") == (n_rows >= pt.LOOPED_MIN_ROWS and n_cols > pt.LOOP_CHUNK)
+
+
+@pytest.mark.parametrize("n_cols", [1, 77, 256, 2048])
+def test_gelu_launch_table(n_cols: int) -> None:
+    for n_rows in (1, 3, 256, 2048, 2049, 100_000):
+        launch = pt.gelu_launch(n_rows, n_cols)
+        pt._check_launch(launch)
+        per_thread = launch.block_rows * launch.block_cols // (32 * launch.num_warps)
+        assert launch.block_cols <= max(256, n_cols) and per_thread <= 16, launch
+    assert pt.gelu_launch(1, 256) == pt.TileLaunch(1, 256, 1)
+    assert pt.gelu_launch(100_000, 256) == pt.TileLaunch(8, 256, 4, stream_hints=True)
+
+
+@pytest.mark.parametrize(
+    "launch",
+    [
+        pt.NormLaunch("row", 64, 1, 1),  # narrower than the row
+        pt.NormLaunch("row", 128, 3, 1),  # rows not a power of two
+        pt.NormLaunch("looped", 64, 2, 1),  # the looped kernel takes one row per program
+        pt.NormLaunch("blocked", 128, 1, 1),
+    ],
+    ids=str,
+)
+def test_bad_norm_launch_rejected(launch: pt.NormLaunch) -> None:
+    x, weight, residual = make_norm_inputs(2, 128, torch.bfloat16, adversarial=False)
+    with pytest.raises(ValueError):
+        pt.rmsnorm_add(x, weight, residual, EPS, launch=launch)
+
+
+@pytest.mark.parametrize(
+    "launch", [pt.TileLaunch(2, 64, 1), pt.TileLaunch(4, 32, 4, stream_hints=True), pt.TileLaunch(1, 128, 1)], ids=str
+)
+def test_gelu_tanh_mul_tiles(launch: pt.TileLaunch) -> None:
+    """Tiles narrower than the row (several programs per row) and partly empty ones."""
+    gate, ple = make_gate_and_ple(5, 77, torch.bfloat16, strided=True, scale=1.0)
+    out = pt.gelu_tanh_mul(gate, ple, launch=launch)
+    assert_matches_reference(out, pt.gelu_tanh_mul_reference(gate, ple), magnitude=operand_magnitude(ple))
+
+
 def make_gate_and_ple(tokens: int, per_layer_dim: int, dtype: torch.dtype, *, strided: bool, scale: float):
     gen = torch.Generator().manual_seed(tokens * 1000 + per_layer_dim)
     gate = (torch.randn(tokens, per_layer_dim, generator=gen) * scale).to(dtype)

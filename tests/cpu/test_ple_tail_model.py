@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from sglang_gemma4 import harness, registry
-from sglang_gemma4.kernels.support import triton_interpreting
+from sglang_gemma4.kernels.support import PATCH_CUDA_DTYPES, patch_fused_dtypes, triton_interpreting
 from sglang_gemma4.srt.models.gemma4_causal import ple_tail as patch
 from tests.cpu.harness import PARITY_TOL
 
@@ -95,8 +95,14 @@ def _layer_and_inputs(name: str, layer_idx: int = 0, dtype: torch.dtype = torch.
     return layer, residual, per_layer_input
 
 
+def test_fused_dtypes_follow_the_shared_rule() -> None:
+    """bf16/fp16 (CUDA); fp32 only under the interpreter, for the fp32 tiny models here."""
+    expected = {torch.bfloat16, torch.float16} | ({torch.float32} if triton_interpreting() else set())
+    assert set(patch_fused_dtypes()) == expected
+
+
 @pytest.mark.interpret
-def test_eligibility(plugin_table) -> None:
+def test_eligibility(plugin_table, monkeypatch) -> None:
     """Which layers and inputs the hook takes, with the interpreter making CPU tensors eligible."""
     layer, residual, ple = _layer_and_inputs("ple")
     assert patch.takes_fused_tail(layer, residual, ple)
@@ -116,6 +122,12 @@ def test_eligibility(plugin_table) -> None:
     layer, residual, ple = _layer_and_inputs("ple")
     layer.post_per_layer_input_norm.scale_shift = 1.0  # a (1 + w) norm rounds differently
     assert not patch.takes_fused_tail(layer, residual, ple)
+
+    layer, residual, ple = _layer_and_inputs("ple")
+    monkeypatch.setattr(patch, "patch_fused_dtypes", lambda: PATCH_CUDA_DTYPES)  # the rule outside the interpreter
+    assert not patch.takes_fused_tail(layer, residual, ple)  # fp32
+    layer16, residual16, ple16 = _layer_and_inputs("ple", dtype=torch.bfloat16)
+    assert patch.takes_fused_tail(layer16, residual16, ple16)
 
 
 @pytest.mark.interpret

@@ -73,6 +73,42 @@ def test_rmsnorm_add_scale(tokens: int, hidden: int, dtype: torch.dtype, adversa
     assert_matches_reference(out, ref, magnitude=scale.float().item() * magnitude(normed, residual))
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("hidden", [1536, 2560, 1001])
+@pytest.mark.parametrize("tokens", [600, 2049, 8192])
+def test_norm_kernels_in_every_table_bucket(tokens: int, hidden: int, dtype: torch.dtype) -> None:
+    """The launches the table gives above the default grid's sizes: four rows per
+    program (600), two (2049, a partly empty last program) and the looped kernel (8192)."""
+    x, weight, residual = norm_inputs(tokens, hidden, dtype, adversarial=True, seed=3 * tokens + hidden)
+    scale = torch.tensor([0.37], dtype=dtype, device="cuda")
+    out = pt.rmsnorm_add(x, weight, residual, EPS)
+    ref = pt.rmsnorm_add_reference(x, weight, residual, EPS)
+    assert_matches_reference(out, ref, magnitude=magnitude(ref.float() - residual.float(), residual))
+    out = pt.rmsnorm_add_scale(x, weight, residual, scale, EPS)
+    normed = pt.rmsnorm_add_reference(x, weight, torch.zeros_like(residual), EPS)
+    ref = pt.rmsnorm_add_scale_reference(x, weight, residual, scale, EPS)
+    assert_matches_reference(out, ref, magnitude=0.37 * magnitude(normed, residual))
+
+
+@pytest.mark.parametrize(
+    "launch",
+    [
+        pt.NormLaunch("row", 2048, 1, 4),
+        pt.NormLaunch("row", 2048, 8, 16),
+        pt.NormLaunch("looped", 512, 1, 1),
+        pt.NormLaunch("looped", 256, 1, 1),
+        pt.NormLaunch("looped", 1024, 1, 4, stream_hints=True),
+    ],
+    ids=str,
+)
+def test_norm_kernels_under_other_launches(launch: pt.NormLaunch) -> None:
+    """Launches the table does not pick today (sweep candidates) still compute the same."""
+    x, weight, residual = norm_inputs(1003, 1536, torch.bfloat16, adversarial=True, seed=11)
+    out = pt.rmsnorm_add(x, weight, residual, EPS, launch=launch)
+    ref = pt.rmsnorm_add_reference(x, weight, residual, EPS)
+    assert_matches_reference(out, ref, magnitude=magnitude(ref.float() - residual.float(), residual))
+
+
 @pytest.mark.parametrize("strided", [True, False], ids=["strided", "contiguous"])
 @pytest.mark.parametrize("per_layer_dim", [256, 77])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)

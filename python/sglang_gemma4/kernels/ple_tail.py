@@ -16,7 +16,18 @@ exactly those points (a round trip through the activation dtype costs no
 memory traffic), so in bf16/fp16 they reproduce the eager results up to fp32
 summation order and the ``exp`` approximation, i.e. at most one unit in the
 last place of the activation dtype, rarely. The ``*_reference`` functions spell
-out the same arithmetic with PyTorch ops in fp32.
+out the same arithmetic with PyTorch ops in fp32. Compiled casts round to
+nearest even; Triton's interpreter truncates fp32 -> bf16 casts, so under the
+interpreter only, bf16 is rounded on the bit pattern first (``BF16_RNE_BY_BITS``).
+
+Launches. Each norm runs as one of two kernels, whole rows in registers
+(several rows per program) or one row walked in 1024-column chunks, and
+``gelu_tanh_mul`` as 2-D tiles; :func:`norm_launch` and :func:`gelu_launch`
+pick the shape from a static table by (row width, number of rows), measured
+on the H200 (see the comment above them; no autotuning: the kernels run inside
+CUDA-graph capture). The order of the fp32 sum of squares follows the launch,
+so the same row may round differently in the last place at another batch size,
+rarely.
 
 ``layer_scalar`` is read on the device (never ``.item()``), so a captured CUDA
 graph sees the loaded value. It must have the activation dtype: the buffer is a
@@ -29,7 +40,7 @@ Imports torch and triton only (the GPU benchmark machine has no sglang).
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 import triton
@@ -40,25 +51,22 @@ from sglang_gemma4.kernels.support import (
     MAX_FUSED_ROW,
     is_rowmajor_2d,
     triton_can_run_on,
+    triton_interpreting,
 )
-
-# Elements per program of the pointwise kernel: enough bytes in flight per SM at
-# prefill sizes, small enough that decode (1 row of 256) stays one program.
-_POINTWISE_TILE = 2048
-
 
 # --------------------------------------------------------------------------- kernels
 
 
 @triton.jit
-def _round_to(value, act_dtype: tl.constexpr):
+def _round_to(value, act_dtype: tl.constexpr, BF16_RNE_BY_BITS: tl.constexpr):
     """``value`` (fp32) rounded to ``act_dtype`` (round to nearest even), returned as fp32.
 
-    bf16 is rounded by hand because Triton's interpreter truncates fp32 -> bf16
-    casts; the bit trick below is what the GPU's converting instruction computes
-    (NaN kept as NaN), so the CPU tests check the same rounding the GPU does.
+    Compiled kernels round in the cast. Triton's interpreter truncates fp32 ->
+    bf16 casts instead, so under the interpreter (only) bf16 is rounded on the
+    bit pattern, NaN kept as NaN: what the GPU's converting instruction
+    computes, so the CPU tests check the GPU's rounding.
     """
-    if act_dtype == tl.bfloat16:
+    if BF16_RNE_BY_BITS:
         bits = value.to(tl.uint32, bitcast=True)
         bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
         return tl.where(value != value, value, bits.to(tl.float32, bitcast=True))
@@ -67,35 +75,104 @@ def _round_to(value, act_dtype: tl.constexpr):
 
 
 @triton.jit
-def _rmsnorm_add_kernel(
+def _norm_add_scale(
+    x, inv_rms, w, r, scale_ptr, act_dtype: tl.constexpr, HAS_SCALE: tl.constexpr, BF16_RNE_BY_BITS: tl.constexpr
+):
+    """The eager sequence, rounding after each op: norm, + residual, then (if ``HAS_SCALE``) * scale."""
+    normed = _round_to(x * inv_rms * w, act_dtype, BF16_RNE_BY_BITS)
+    out = _round_to(normed + r, act_dtype, BF16_RNE_BY_BITS)
+    if HAS_SCALE:
+        out = _round_to(out * tl.load(scale_ptr).to(tl.float32), act_dtype, BF16_RNE_BY_BITS)
+    return out
+
+
+@triton.jit(do_not_specialize=["n_rows"])
+def _rmsnorm_add_row_kernel(
     x_ptr,
     weight_ptr,
     residual_ptr,
+    scale_ptr,
     out_ptr,
+    n_rows,
+    n_cols,
     x_row_stride,
     residual_row_stride,
     out_row_stride,
-    n_cols,
     eps,
+    HAS_SCALE: tl.constexpr,
+    ROWS: tl.constexpr,
     BLOCK: tl.constexpr,
+    ACT_EVICT: tl.constexpr,
+    W_EVICT: tl.constexpr,
+    BF16_RNE_BY_BITS: tl.constexpr,
 ):
-    # One row per program: the row's sum of squares needs the whole row anyway.
-    row = tl.program_id(0).to(tl.int64)
+    """``ROWS`` whole rows per program, held in registers: each element is loaded once.
+    ``ACT_EVICT``/``W_EVICT``: eviction hints of the activation and weight loads ("" for none)."""
+    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     cols = tl.arange(0, BLOCK)
-    mask = cols < n_cols
+    col_ok = cols < n_cols
+    mask = (rows < n_rows)[:, None] & col_ok[None, :]
+    rows64 = rows.to(tl.int64)[:, None]
     act_dtype = out_ptr.dtype.element_ty
 
-    x = tl.load(x_ptr + row * x_row_stride + cols, mask=mask, other=0.0).to(tl.float32)
-    w = tl.load(weight_ptr + cols, mask=mask, other=0.0).to(tl.float32)
-    r = tl.load(residual_ptr + row * residual_row_stride + cols, mask=mask, other=0.0).to(tl.float32)
+    x = tl.load(x_ptr + rows64 * x_row_stride + cols[None, :], mask=mask, other=0.0, eviction_policy=ACT_EVICT)
+    r = tl.load(
+        residual_ptr + rows64 * residual_row_stride + cols[None, :], mask=mask, other=0.0, eviction_policy=ACT_EVICT
+    )
+    w = tl.load(weight_ptr + cols, mask=col_ok, other=0.0, eviction_policy=W_EVICT).to(tl.float32)[None, :]
+    x = x.to(tl.float32)
+    inv_rms = tl.rsqrt(tl.sum(x * x, axis=1) / n_cols + eps)[:, None]
+    out = _norm_add_scale(x, inv_rms, w, r.to(tl.float32), scale_ptr, act_dtype, HAS_SCALE, BF16_RNE_BY_BITS)
+    tl.store(out_ptr + rows64 * out_row_stride + cols[None, :], out.to(act_dtype), mask=mask)
 
-    inv_rms = tl.rsqrt(tl.sum(x * x, axis=0) / n_cols + eps)
-    # Round where the eager norm returns the activation dtype, then add.
-    normed = _round_to(x * inv_rms * w, act_dtype)
-    tl.store(out_ptr + row * out_row_stride + cols, _round_to(normed + r, act_dtype).to(act_dtype), mask=mask)
+
+@triton.jit(do_not_specialize=["n_rows"])
+def _rmsnorm_add_looped_kernel(
+    x_ptr,
+    weight_ptr,
+    residual_ptr,
+    scale_ptr,
+    out_ptr,
+    n_rows,
+    n_cols,
+    x_row_stride,
+    residual_row_stride,
+    out_row_stride,
+    eps,
+    HAS_SCALE: tl.constexpr,
+    CHUNK: tl.constexpr,
+    NUM_CHUNKS: tl.constexpr,
+    ACT_EVICT: tl.constexpr,
+    W_EVICT: tl.constexpr,
+    BF16_RNE_BY_BITS: tl.constexpr,
+):
+    """One row per program, ``CHUNK`` columns at a time, in two passes: the sum of
+    squares of ``x``, then the outputs. Pass 2 re-reads ``x`` from L1, so DRAM
+    sees each element once; no lanes idle when ``CHUNK`` divides the row.
+    Arguments as the row kernel's (``n_rows`` is the grid here)."""
+    row = tl.program_id(0).to(tl.int64)
+    lanes = tl.arange(0, CHUNK)
+    act_dtype = out_ptr.dtype.element_ty
+    x_row = x_ptr + row * x_row_stride
+
+    sum_sq = tl.zeros([CHUNK], dtype=tl.float32)
+    for c in tl.static_range(NUM_CHUNKS):
+        cols = c * CHUNK + lanes
+        x = tl.load(x_row + cols, mask=cols < n_cols, other=0.0).to(tl.float32)
+        sum_sq += x * x
+    inv_rms = tl.rsqrt(tl.sum(sum_sq, axis=0) / n_cols + eps)
+
+    for c in tl.static_range(NUM_CHUNKS):
+        cols = c * CHUNK + lanes
+        col_ok = cols < n_cols
+        x = tl.load(x_row + cols, mask=col_ok, other=0.0, eviction_policy=ACT_EVICT).to(tl.float32)
+        r = tl.load(residual_ptr + row * residual_row_stride + cols, mask=col_ok, other=0.0, eviction_policy=ACT_EVICT)
+        w = tl.load(weight_ptr + cols, mask=col_ok, other=0.0, eviction_policy=W_EVICT).to(tl.float32)
+        out = _norm_add_scale(x, inv_rms, w, r.to(tl.float32), scale_ptr, act_dtype, HAS_SCALE, BF16_RNE_BY_BITS)
+        tl.store(out_ptr + row * out_row_stride + cols, out.to(act_dtype), mask=col_ok)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_rows"])
 def _gelu_tanh_mul_kernel(
     gate_ptr,
     ple_ptr,
@@ -107,6 +184,8 @@ def _gelu_tanh_mul_kernel(
     out_row_stride,
     BLOCK_ROWS: tl.constexpr,
     BLOCK_COLS: tl.constexpr,
+    ACT_EVICT: tl.constexpr,
+    BF16_RNE_BY_BITS: tl.constexpr,
 ):
     rows = tl.program_id(0) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
     cols = tl.program_id(1) * BLOCK_COLS + tl.arange(0, BLOCK_COLS)
@@ -114,47 +193,19 @@ def _gelu_tanh_mul_kernel(
     rows64 = rows.to(tl.int64)[:, None]
     act_dtype = out_ptr.dtype.element_ty
 
-    gate = tl.load(gate_ptr + rows64 * gate_row_stride + cols[None, :], mask=mask, other=0.0).to(tl.float32)
     # ple may be a column slice of per_layer_inputs[T, L, P]: read through its row stride, no copy.
-    ple = tl.load(ple_ptr + rows64 * ple_row_stride + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    gate = tl.load(gate_ptr + rows64 * gate_row_stride + cols[None, :], mask=mask, other=0.0, eviction_policy=ACT_EVICT)
+    ple = tl.load(ple_ptr + rows64 * ple_row_stride + cols[None, :], mask=mask, other=0.0, eviction_policy=ACT_EVICT)
+    gate = gate.to(tl.float32)
 
     # gelu_tanh(x) = 0.5 x (1 + tanh(u)) = x * sigmoid(2u), u = sqrt(2/pi) (x + 0.044715 x^3).
     # The sigmoid form needs only exp (spelled alike in triton 3.6 and 3.8, unlike
     # tanh) and stays exact in both tails: for very negative x, exp overflows to
     # inf and x / inf = -0, as 0.5 x (1 + tanh(-inf)) gives.
     u = 0.7978845608028654 * (gate + 0.044715 * gate * gate * gate)
-    activated = _round_to(gate / (1.0 + tl.exp(-2.0 * u)), act_dtype)
-    tl.store(out_ptr + rows64 * out_row_stride + cols[None, :], _round_to(activated * ple, act_dtype).to(act_dtype), mask=mask)
-
-
-@triton.jit
-def _rmsnorm_add_scale_kernel(
-    x_ptr,
-    weight_ptr,
-    residual_ptr,
-    scale_ptr,
-    out_ptr,
-    x_row_stride,
-    residual_row_stride,
-    out_row_stride,
-    n_cols,
-    eps,
-    BLOCK: tl.constexpr,
-):
-    row = tl.program_id(0).to(tl.int64)
-    cols = tl.arange(0, BLOCK)
-    mask = cols < n_cols
-    act_dtype = out_ptr.dtype.element_ty
-
-    x = tl.load(x_ptr + row * x_row_stride + cols, mask=mask, other=0.0).to(tl.float32)
-    w = tl.load(weight_ptr + cols, mask=mask, other=0.0).to(tl.float32)
-    r = tl.load(residual_ptr + row * residual_row_stride + cols, mask=mask, other=0.0).to(tl.float32)
-    scale = tl.load(scale_ptr).to(tl.float32)
-
-    inv_rms = tl.rsqrt(tl.sum(x * x, axis=0) / n_cols + eps)
-    normed = _round_to(x * inv_rms * w, act_dtype)
-    summed = _round_to(normed + r, act_dtype)
-    tl.store(out_ptr + row * out_row_stride + cols, _round_to(summed * scale, act_dtype).to(act_dtype), mask=mask)
+    activated = _round_to(gate / (1.0 + tl.exp(-2.0 * u)), act_dtype, BF16_RNE_BY_BITS)
+    out = _round_to(activated * ple.to(tl.float32), act_dtype, BF16_RNE_BY_BITS)
+    tl.store(out_ptr + rows64 * out_row_stride + cols[None, :], out.to(act_dtype), mask=mask)
 
 
 # --------------------------------------------------------------------------- support checks
@@ -277,87 +328,259 @@ def _require(problem: str | None) -> None:
 
 
 # --------------------------------------------------------------------------- launch configs
+#
+# Chosen on the H200 (torch 2.11, triton 3.6; benchmarks/sweep_ple_tail.py,
+# 2026-11-29, results in benchmarks/results/sweep_ple_tail.json): every
+# candidate of each kernel timed alone under CUDA-graph replay, bf16, hidden
+# 1536 (E2B) and 2560 (E4B), per_layer_dim 256; copy bandwidth 4.16 TB/s.
+#
+# What mattered, largest first (us per call; "old" = the first version):
+#
+# * The bf16 bit-trick rounding had run on the GPU too (~8 integer ops per
+#   element per rounding point, 2-3 points): the kernels were issue-bound at
+#   prefill sizes. Same old launch without it: rmsnorm_add_scale 2560 x 16384
+#   96.9 -> 65.6, 1536 x 4096 15.7 -> 10.7; gelu_tanh_mul 16384 rows 8.0 -> 7.3;
+#   decode sizes -0.1..0.6 per kernel. It now runs under the interpreter only.
+# * Norms, >= 8192 rows: one row per program, 1024 columns at a time (the
+#   looped kernel, 4 warps, 8 elements per thread, no idle lanes) reaches
+#   96-98% of copy bandwidth: 1536 x 16384 37.9 us (old 46.2, best one-row-
+#   per-program tile 38.9), 2560 x 16384 61.6 (old 80.3). At 4096 rows it
+#   loses to row tiles by 3-8%; the switch sits between.
+# * Norms, 2049..8191 rows: two rows per program. 1536 x 4096: 9.8 us/kernel
+#   at 8 warps (92% of copy; old 13.1); 2560 x 4096: 15.6 at 4 warps (96%;
+#   old 23.1; at 16 warps 16.4).
+# * Norms, 513..2048 rows: four rows per program, 16 warps (1024 rows: 1536
+#   3.8 us, 2560 5.0; old 4.5 and 7.5; one row per program 4.0 and 5.5).
+# * Norms, <= 512 rows (decode): one row per program, 8 warps, 1.7-2.3 us per
+#   kernel; up to 128 rows 4, 8 or 16 warps are within 0.1 us (the spread of
+#   repeated timings), at 256 rows 8 warps are best.
+# * gelu_tanh_mul: tiles of up to 4 rows x 256, 8 elements per thread, up to
+#   2048 rows (1.4-1.8 us, old 1.6-2.1); 8 rows x 256 at 4 warps above (4096:
+#   3.2 us, 16384: 7.1, 85% of copy; old 3.4 and 8.0). Splitting one row over
+#   2-4 programs gained nothing.
+# * Eviction hints (activations evict_first, weights evict_last), per bucket.
+#   Timed alone they gain 2-8% for the norms at 4096 rows (2560: 15.7 us with,
+#   17.2 without) and 3% for gelu at 16384 rows, and cost 1-2% for the looped
+#   kernel at 16384 rows. Up to 2048 rows they moved a kernel timed alone by
+#   -0.35..+0.1 us, but the whole tail ran 6-25% slower with them (1536 x 256:
+#   5.2 us without, 6.5 with; 1024 rows 6-7%; two runs), likely because
+#   without hints the harness's rotated input sets (8 of ~5 MB at 256 rows)
+#   stay in L2 across replays. In the model these inputs are freshly written
+#   and dead after the read, so at those sizes the hints would neither help
+#   nor hurt. Hence: on for the row tiles and gelu above 2048 rows only.
+#
+# ptxas issues the loads of the second activation and the weight only after
+# the row's sum of squares has its x (seen in the SASS for every tile shape),
+# so each program makes two dependent trips to memory; occupancy hides it.
 
 
-def _row_launch(n_cols: int, element_size: int) -> tuple[int, int]:
-    """(BLOCK, num_warps) for one row per program: ~16-byte vectors per thread, 1-8 warps."""
+class NormLaunch(NamedTuple):
+    """How to launch :func:`rmsnorm_add` / :func:`rmsnorm_add_scale`.
+
+    ``kernel`` "row": ``rows_per_program`` whole rows of ``block`` lanes (a power
+    of two >= the row) per program, each element loaded once; "looped": one
+    row per program, ``block`` columns at a time in two passes (the second
+    re-reads ``x`` from L1). ``stream_hints``: the activations (dead after the
+    read) evict_first, the weight (read by every program) evict_last.
+    """
+
+    kernel: str
+    block: int
+    rows_per_program: int
+    num_warps: int
+    stream_hints: bool = False
+
+
+class TileLaunch(NamedTuple):
+    """How to launch :func:`gelu_tanh_mul`: ``block_rows`` x ``block_cols`` tiles (powers
+    of two); ``stream_hints``: both inputs (dead after the read) evict_first."""
+
+    block_rows: int
+    block_cols: int
+    num_warps: int
+    stream_hints: bool = False
+
+
+# The measured widths: (max n_rows, launch) buckets, the first that holds n_rows wins.
+_NORM_TABLE: dict[int, tuple[tuple[int, NormLaunch], ...]] = {
+    1536: (
+        (512, NormLaunch("row", 2048, 1, 8)),
+        (2048, NormLaunch("row", 2048, 4, 16)),
+        (8191, NormLaunch("row", 2048, 2, 8, stream_hints=True)),
+    ),
+    2560: (
+        (512, NormLaunch("row", 4096, 1, 8)),
+        (2048, NormLaunch("row", 4096, 4, 16)),
+        (8191, NormLaunch("row", 4096, 2, 4, stream_hints=True)),
+    ),
+}
+LOOPED_MIN_ROWS = 8192
+LOOP_CHUNK = 1024
+
+
+def norm_launch(n_cols: int, n_rows: int) -> NormLaunch:
+    """The norm kernels' launch for ``n_rows`` rows of ``n_cols`` elements.
+
+    Many rows of more than ``LOOP_CHUNK`` elements: the looped kernel. Else the
+    measured table for hidden 1536/2560, and for other widths (not measured)
+    the same buckets at 16 elements per thread: one row per program up to 512
+    rows, four up to 2048, two above (at most 16384 elements per program).
+    Eviction hints only for the row tiles above 2048 rows.
+    """
+    if n_rows >= LOOPED_MIN_ROWS and n_cols > LOOP_CHUNK:
+        return NormLaunch("looped", LOOP_CHUNK, 1, LOOP_CHUNK // 256)
+    for max_rows, launch in _NORM_TABLE.get(n_cols, ()):
+        if n_rows <= max_rows:
+            return launch
     block = triton.next_power_of_2(n_cols)
-    num_warps = max(1, min(8, block * element_size // 512))
-    return block, num_warps
+    rows = 1 if n_rows <= 512 else 4 if n_rows <= 2048 else 2
+    rows = max(1, min(rows, 16384 // block))
+    return NormLaunch("row", block, rows, max(1, min(16, rows * block // 512)), stream_hints=n_rows > 2048)
 
 
-def _tile_launch(n_rows: int, n_cols: int) -> tuple[int, int, int]:
-    """(BLOCK_ROWS, BLOCK_COLS, num_warps) for the pointwise kernel's 2-D tiles."""
-    block_cols = min(triton.next_power_of_2(n_cols), _POINTWISE_TILE)
-    block_rows = min(triton.next_power_of_2(n_rows), max(1, _POINTWISE_TILE // block_cols))
-    num_warps = max(1, min(4, block_rows * block_cols // 256))
-    return block_rows, block_cols, num_warps
+def gelu_launch(n_rows: int, n_cols: int) -> TileLaunch:
+    """The pointwise kernel's launch for a ``[n_rows, n_cols]`` problem: up to 256
+    columns per tile; up to 2048 rows, tiles of <= 1024 elements at 8 per thread;
+    above, 2048-element tiles at 16 per thread, with eviction hints."""
+    block_cols = min(triton.next_power_of_2(n_cols), 256)
+    if n_rows > 2048:
+        block_rows, per_thread = 2048 // block_cols, 16
+    else:
+        block_rows, per_thread = min(triton.next_power_of_2(n_rows), 1024 // block_cols), 8
+    num_warps = max(1, block_rows * block_cols // (32 * per_thread))
+    return TileLaunch(block_rows, block_cols, num_warps, stream_hints=n_rows > 2048)
+
+
+def _check_launch(launch: NormLaunch | TileLaunch) -> None:
+    for field in ("block", "rows_per_program", "block_rows", "block_cols", "num_warps"):
+        value = getattr(launch, field, 1)
+        if value < 1 or value & (value - 1):
+            raise ValueError(f"{field} must be a power of two: {launch}")
 
 
 # --------------------------------------------------------------------------- wrappers
 
 
-def rmsnorm_add(x: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor, eps: float) -> torch.Tensor:
+def _bf16_rne_by_bits(t: torch.Tensor) -> bool:
+    return triton_interpreting() and t.dtype == torch.bfloat16
+
+
+def _launch_norm(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    residual: torch.Tensor,
+    scale: torch.Tensor | None,
+    eps: float,
+    launch: NormLaunch | None,
+    bf16_rne_by_bits: bool,
+) -> torch.Tensor:
+    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    n_rows, n_cols = x.shape
+    launch = launch or norm_launch(n_cols, n_rows)
+    _check_launch(launch)
+    args = (
+        x, weight, residual, x if scale is None else scale, out,  # scale_ptr unread without a scale
+        n_rows, n_cols, x.stride(0), residual.stride(0), out.stride(0), eps,
+    )
+    hints = {
+        "ACT_EVICT": "evict_first" if launch.stream_hints else "",
+        "W_EVICT": "evict_last" if launch.stream_hints else "",
+    }
+    if launch.kernel == "row":
+        if launch.block < n_cols:
+            raise ValueError(f"the row kernel needs block >= {n_cols}: {launch}")
+        _rmsnorm_add_row_kernel[(triton.cdiv(n_rows, launch.rows_per_program),)](
+            *args,
+            HAS_SCALE=scale is not None,
+            ROWS=launch.rows_per_program,
+            BLOCK=launch.block,
+            BF16_RNE_BY_BITS=bf16_rne_by_bits,
+            num_warps=launch.num_warps,
+            **hints,
+        )
+    elif launch.kernel == "looped":
+        if launch.rows_per_program != 1:
+            raise ValueError(f"the looped kernel takes one row per program: {launch}")
+        _rmsnorm_add_looped_kernel[(n_rows,)](
+            *args,
+            HAS_SCALE=scale is not None,
+            CHUNK=launch.block,
+            NUM_CHUNKS=triton.cdiv(n_cols, launch.block),
+            BF16_RNE_BY_BITS=bf16_rne_by_bits,
+            num_warps=launch.num_warps,
+            **hints,
+        )
+    else:
+        raise ValueError(f"unknown kernel {launch.kernel!r}")
+    return out
+
+
+def _launch_gelu_mul(
+    gate: torch.Tensor, ple: torch.Tensor, launch: TileLaunch | None, bf16_rne_by_bits: bool
+) -> torch.Tensor:
+    out = torch.empty(gate.shape, dtype=gate.dtype, device=gate.device)
+    n_rows, n_cols = gate.shape
+    launch = launch or gelu_launch(n_rows, n_cols)
+    _check_launch(launch)
+    grid = (triton.cdiv(n_rows, launch.block_rows), triton.cdiv(n_cols, launch.block_cols))
+    _gelu_tanh_mul_kernel[grid](
+        gate, ple, out,
+        n_rows, n_cols,
+        gate.stride(0), ple.stride(0), out.stride(0),
+        BLOCK_ROWS=launch.block_rows,
+        BLOCK_COLS=launch.block_cols,
+        ACT_EVICT="evict_first" if launch.stream_hints else "",
+        BF16_RNE_BY_BITS=bf16_rne_by_bits,
+        num_warps=launch.num_warps,
+    )
+    return out
+
+
+def rmsnorm_add(
+    x: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor, eps: float, *, launch: NormLaunch | None = None
+) -> torch.Tensor:
     """``round(round(x * rsqrt(mean(x^2) + eps) * weight) + residual)``, row-wise, in one launch.
 
     The post-FFN norm and residual add of the PLE tail. ``x`` and ``residual`` are
     ``[T, H]`` with unit last stride (rows may be spaced), same dtype; ``weight``
     is ``[H]``. Returns a new contiguous ``[T, H]`` tensor of ``x``'s dtype;
-    ``round`` is rounding to that dtype.
+    ``round`` is rounding to that dtype. ``launch`` overrides :func:`norm_launch`
+    (benchmark sweeps).
     """
     _require(_norm_problem(x, weight, residual))
-    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-    block, num_warps = _row_launch(x.shape[1], x.element_size())
-    _rmsnorm_add_kernel[(x.shape[0],)](
-        x, weight, residual, out,
-        x.stride(0), residual.stride(0), out.stride(0),
-        x.shape[1], eps,
-        BLOCK=block, num_warps=num_warps,
-    )
-    return out
+    return _launch_norm(x, weight, residual, None, eps, launch, _bf16_rne_by_bits(x))
 
 
-def gelu_tanh_mul(gate: torch.Tensor, ple: torch.Tensor) -> torch.Tensor:
+def gelu_tanh_mul(gate: torch.Tensor, ple: torch.Tensor, *, launch: TileLaunch | None = None) -> torch.Tensor:
     """``round(round(gelu_tanh(gate)) * ple)``, elementwise, in one launch.
 
     ``gelu_tanh(x) = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))``. ``gate``
     and ``ple`` are ``[T, P]`` with unit last stride; ``ple`` is typically the
     view ``per_layer_inputs[:, layer, :]`` and is read in place. Returns a new
-    contiguous ``[T, P]`` tensor of ``gate``'s dtype.
+    contiguous ``[T, P]`` tensor of ``gate``'s dtype. ``launch`` overrides
+    :func:`gelu_launch`.
     """
     _require(_gelu_mul_problem(gate, ple))
-    out = torch.empty(gate.shape, dtype=gate.dtype, device=gate.device)
-    n_rows, n_cols = gate.shape
-    block_rows, block_cols, num_warps = _tile_launch(n_rows, n_cols)
-    grid = (triton.cdiv(n_rows, block_rows), triton.cdiv(n_cols, block_cols))
-    _gelu_tanh_mul_kernel[grid](
-        gate, ple, out,
-        n_rows, n_cols,
-        gate.stride(0), ple.stride(0), out.stride(0),
-        BLOCK_ROWS=block_rows, BLOCK_COLS=block_cols, num_warps=num_warps,
-    )
-    return out
+    return _launch_gelu_mul(gate, ple, launch, _bf16_rne_by_bits(gate))
 
 
 def rmsnorm_add_scale(
-    x: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor, scale: torch.Tensor, eps: float
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    residual: torch.Tensor,
+    scale: torch.Tensor,
+    eps: float,
+    *,
+    launch: NormLaunch | None = None,
 ) -> torch.Tensor:
     """``round(round(round(x * rsqrt(mean(x^2) + eps) * weight) + residual) * scale)``, row-wise.
 
     The post-PLE norm, the add of the stream and the layer scalar, in one launch.
-    Shapes as in :func:`rmsnorm_add`; ``scale`` is a 1-element tensor of ``x``'s
-    dtype on ``x``'s device, loaded by the kernel (CUDA-graph safe).
+    Shapes and ``launch`` as in :func:`rmsnorm_add`; ``scale`` is a 1-element
+    tensor of ``x``'s dtype on ``x``'s device, loaded by the kernel (CUDA-graph safe).
     """
     _require(_norm_problem(x, weight, residual) or _scale_problem(scale, x))
-    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-    block, num_warps = _row_launch(x.shape[1], x.element_size())
-    _rmsnorm_add_scale_kernel[(x.shape[0],)](
-        x, weight, residual, scale, out,
-        x.stride(0), residual.stride(0), out.stride(0),
-        x.shape[1], eps,
-        BLOCK=block, num_warps=num_warps,
-    )
-    return out
+    return _launch_norm(x, weight, residual, scale, eps, launch, _bf16_rne_by_bits(x))
 
 
 # --------------------------------------------------------------------------- references

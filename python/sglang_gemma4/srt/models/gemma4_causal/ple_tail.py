@@ -19,7 +19,9 @@ Every other layer and input goes to SGLang's own ``_next_stream``: MoE layers
 (with or without PLE), ``per_layer_input is None`` (e.g. a PP rank that did not
 receive it), norms configured to round differently, and tensors the kernels do
 not take (see ``supports_ple_tail``: not CUDA, unsupported dtype, empty batch,
-a row too long, a ``layer_scalar`` whose dtype would make eager promote).
+a row too long, a ``layer_scalar`` whose dtype would make eager promote) and
+activations outside ``patch_fused_dtypes()`` (bf16/fp16; fp32 only under
+Triton's interpreter, for the CPU tests).
 
 Delete when: SGLang fuses the PLE tail of ``Gemma4DecoderLayer`` itself.
 """
@@ -32,6 +34,7 @@ from typing import Any
 import torch
 
 from sglang_gemma4.kernels.ple_tail import gelu_tanh_mul, rmsnorm_add, rmsnorm_add_scale, supports_ple_tail
+from sglang_gemma4.kernels.support import patch_fused_dtypes
 from sglang_gemma4.registry import Hook, Patch
 
 _LAYER = "sglang.srt.models.gemma4_causal.Gemma4DecoderLayer"
@@ -44,6 +47,9 @@ def takes_fused_tail(layer: torch.nn.Module, residual: torch.Tensor, per_layer_i
     same shape, and the same dtype, or eager would promote.
     """
     if not layer.has_ple or layer.enable_moe_block or per_layer_input is None:
+        return False
+    # bf16/fp16 on CUDA (what the GPU tests and benchmark cover); fp32 only under the interpreter.
+    if residual.dtype not in patch_fused_dtypes():
         return False
     post_ff, post_ple = layer.post_feedforward_layernorm, layer.post_per_layer_input_norm
     # Other settings of these norms round or scale differently from the kernels.
