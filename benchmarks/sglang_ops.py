@@ -146,8 +146,11 @@ def _head_rmsnorm_kernel(
 def qkv_rmsnorm(q, k, v, wq, wk, num_q_heads, num_kv_heads, head_dim, eps) -> None:
     """In place; ``k``/``v`` None for a KV-shared layer (q only). One program per (token, head)."""
     nkv = 0 if k is None else num_kv_heads
+    # Triton 3.6 cannot compile a load through a None pointer even in a branch no
+    # program takes, so a Q-only call passes q's buffers for the unused K/V slots.
     k = q if k is None else k
     v = q if v is None else v
+    wk = wq if wk is None else wk
     _head_rmsnorm_kernel[(q.shape[0], num_q_heads + 2 * nkv)](
         q, k, v, wq, wk, q.stride(0), k.stride(0), v.stride(0), eps, NQ=num_q_heads, NKV=nkv, HEAD_DIM=head_dim
     )
