@@ -79,6 +79,12 @@ def cmd_check(args: argparse.Namespace) -> int:
         rows,
         ("config", "stock max|diff|", "stock cos", "plugin max|diff|", "plugin cos", "result"),
     )
+    from sglang_gemma4 import audit
+
+    report = audit.run_audit(ids, device=device)
+    print("\naccuracy audit vs transformers' Gemma-4 (logits, greedy decoding, MoE activation):")
+    print("\n".join(audit.format_report(report)))
+    failed += report.failed
     if failed:
         print(f"\nFAILED: {', '.join(failed)}")
         return 1
