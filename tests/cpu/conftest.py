@@ -1,6 +1,11 @@
 """CPU test fixtures: SGLang's Gemma-4 on CPU with the plugin registered once per process."""
 
 import pytest
+import torch
+
+# The tiny models are far too small for intra-op threads to pay off; on a 2-core
+# CI machine they only contend (measured ~7x less CPU time with one thread).
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

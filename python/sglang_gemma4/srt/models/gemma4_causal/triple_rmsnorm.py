@@ -57,7 +57,7 @@ from sglang.srt.layers.layer_boundary.output import OutputTransform
 from sglang.srt.layers.layer_boundary.residual import batch as residual_batch
 from sglang.srt.runtime_context import get_parallel
 
-from sglang_gemma4.kernels.support import triton_interpreting
+from sglang_gemma4.kernels.support import patch_fused_dtypes
 from sglang_gemma4.kernels.triple_rmsnorm import post_attn_triple_rmsnorm, supports
 from sglang_gemma4.registry import Hook, Patch
 
@@ -65,17 +65,9 @@ logger = logging.getLogger("sglang_gemma4")
 
 _LAYER = "sglang.srt.models.gemma4_causal.Gemma4DecoderLayer"
 
-# The issue's scope for the fused path; fp32 is added on CPU tensors under the
-# interpreter, where the CPU tests compare the model in fp32.
-CUDA_DTYPES = (torch.bfloat16, torch.float16)
 # ROCm tensors are "cuda" tensors too, but SGLang runs other norm kernels there
 # (aiter, forward_native) and the kernel is untested on it.
 _ON_ROCM = torch.version.hip is not None
-
-
-def fused_dtypes() -> tuple[torch.dtype, ...]:
-    """Activation dtypes the read fuses."""
-    return CUDA_DTYPES + ((torch.float32,) if triton_interpreting() else ())
 
 
 @dataclasses.dataclass
@@ -192,7 +184,7 @@ class PostAttentionTripleNormRead:
             router.norm.weight.data,
             layer.pre_feedforward_layernorm_2.weight.data,
         )
-        if not supports(attn_out, residual, weights, dtypes=fused_dtypes()):
+        if not supports(attn_out, residual, weights, dtypes=patch_fused_dtypes()):
             return None
         r, dense_in, self.call.router_in, self.call.moe_in = post_attn_triple_rmsnorm(
             attn_out, residual, *weights, pre_ff.variance_epsilon, residual_out=residual
