@@ -54,6 +54,7 @@ import torch
 import triton
 import triton.language as tl
 
+from sglang_gemma4.kernels.rounding import round_to
 from sglang_gemma4.kernels.support import (
     FUSED_DTYPES,
     MAX_FUSED_ROW,
@@ -67,22 +68,6 @@ DENSE, MOE, PLE = 0, 1, 2
 
 
 # --------------------------------------------------------------------------- kernel
-
-
-@triton.jit
-def _round_to(x, act: tl.constexpr, BF16_RNE_BY_BITS: tl.constexpr):
-    """fp32 ``x`` rounded to ``act`` (nearest even), returned in fp32.
-
-    Triton's interpreter truncates fp32 -> bf16 casts where compiled code rounds
-    to nearest even; under the interpreter bf16 is rounded on the bit pattern
-    (NaN kept), so the CPU tests see the rounding the GPU does.
-    """
-    if BF16_RNE_BY_BITS:
-        bits = x.to(tl.uint32, bitcast=True)
-        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
-        return tl.where(x != x, x, bits.to(tl.float32, bitcast=True))
-    else:
-        return x.to(act).to(tl.float32)
 
 
 @triton.jit
@@ -139,21 +124,21 @@ def _end_of_layer_norm_kernel(
         combined = x * _inv_rms(x, hidden, eps)[:, None] * w_a[None, :]
         combined = combined + x2 * _inv_rms(x2, hidden, eps)[:, None] * w_b[None, :]
         normed = combined * _inv_rms(combined, hidden, eps)[:, None] * w_c[None, :]
-        h = _round_to((normed + res) * scalar, act, BF16_RNE_BY_BITS)
+        h = round_to((normed + res) * scalar, act, BF16_RNE_BY_BITS)
     elif MODE == 2:
         # Eager PLE tail: norm, add and scale each store their output.
-        normed = _round_to(x * _inv_rms(x, hidden, eps)[:, None] * w_a[None, :], act, BF16_RNE_BY_BITS)
-        summed = _round_to(normed + res, act, BF16_RNE_BY_BITS)
-        h = _round_to(summed * scalar, act, BF16_RNE_BY_BITS)
+        normed = round_to(x * _inv_rms(x, hidden, eps)[:, None] * w_a[None, :], act, BF16_RNE_BY_BITS)
+        summed = round_to(normed + res, act, BF16_RNE_BY_BITS)
+        h = round_to(summed * scalar, act, BF16_RNE_BY_BITS)
     else:
-        h = _round_to((x * _inv_rms(x, hidden, eps)[:, None] * w_a[None, :] + res) * scalar, act, BF16_RNE_BY_BITS)
+        h = round_to((x * _inv_rms(x, hidden, eps)[:, None] * w_a[None, :] + res) * scalar, act, BF16_RNE_BY_BITS)
     out_offs = rows64 * hidden + cols[None, :]
     tl.store(out_ptr + out_offs, h.to(act), mask=mask)
 
     # The next layer's input norm of the stored (rounded) stream.
     w_next = tl.load(w_next_ptr + cols, mask=col_ok, other=0.0, eviction_policy="evict_last").to(tl.float32)
     next_in = h * _inv_rms(h, hidden, eps)[:, None] * w_next[None, :]
-    tl.store(next_ptr + out_offs, _round_to(next_in, act, BF16_RNE_BY_BITS).to(act), mask=mask)
+    tl.store(next_ptr + out_offs, round_to(next_in, act, BF16_RNE_BY_BITS).to(act), mask=mask)
 
 
 # --------------------------------------------------------------------------- launch

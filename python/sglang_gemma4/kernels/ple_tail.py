@@ -46,6 +46,7 @@ import torch
 import triton
 import triton.language as tl
 
+from sglang_gemma4.kernels.rounding import round_to
 from sglang_gemma4.kernels.support import (
     FUSED_DTYPES,
     MAX_FUSED_ROW,
@@ -58,31 +59,14 @@ from sglang_gemma4.kernels.support import (
 
 
 @triton.jit
-def _round_to(value, act_dtype: tl.constexpr, BF16_RNE_BY_BITS: tl.constexpr):
-    """``value`` (fp32) rounded to ``act_dtype`` (round to nearest even), returned as fp32.
-
-    Compiled kernels round in the cast. Triton's interpreter truncates fp32 ->
-    bf16 casts instead, so under the interpreter (only) bf16 is rounded on the
-    bit pattern, NaN kept as NaN: what the GPU's converting instruction
-    computes, so the CPU tests check the GPU's rounding.
-    """
-    if BF16_RNE_BY_BITS:
-        bits = value.to(tl.uint32, bitcast=True)
-        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
-        return tl.where(value != value, value, bits.to(tl.float32, bitcast=True))
-    else:
-        return value.to(act_dtype).to(tl.float32)
-
-
-@triton.jit
 def _norm_add_scale(
     x, inv_rms, w, r, scale_ptr, act_dtype: tl.constexpr, HAS_SCALE: tl.constexpr, BF16_RNE_BY_BITS: tl.constexpr
 ):
     """The eager sequence, rounding after each op: norm, + residual, then (if ``HAS_SCALE``) * scale."""
-    normed = _round_to(x * inv_rms * w, act_dtype, BF16_RNE_BY_BITS)
-    out = _round_to(normed + r, act_dtype, BF16_RNE_BY_BITS)
+    normed = round_to(x * inv_rms * w, act_dtype, BF16_RNE_BY_BITS)
+    out = round_to(normed + r, act_dtype, BF16_RNE_BY_BITS)
     if HAS_SCALE:
-        out = _round_to(out * tl.load(scale_ptr).to(tl.float32), act_dtype, BF16_RNE_BY_BITS)
+        out = round_to(out * tl.load(scale_ptr).to(tl.float32), act_dtype, BF16_RNE_BY_BITS)
     return out
 
 
@@ -203,8 +187,8 @@ def _gelu_tanh_mul_kernel(
     # tanh) and stays exact in both tails: for very negative x, exp overflows to
     # inf and x / inf = -0, as 0.5 x (1 + tanh(-inf)) gives.
     u = 0.7978845608028654 * (gate + 0.044715 * gate * gate * gate)
-    activated = _round_to(gate / (1.0 + tl.exp(-2.0 * u)), act_dtype, BF16_RNE_BY_BITS)
-    out = _round_to(activated * ple.to(tl.float32), act_dtype, BF16_RNE_BY_BITS)
+    activated = round_to(gate / (1.0 + tl.exp(-2.0 * u)), act_dtype, BF16_RNE_BY_BITS)
+    out = round_to(activated * ple.to(tl.float32), act_dtype, BF16_RNE_BY_BITS)
     tl.store(out_ptr + rows64 * out_row_stride + cols[None, :], out.to(act_dtype), mask=mask)
 
 

@@ -39,24 +39,13 @@ import torch
 import triton
 import triton.language as tl
 
+from sglang_gemma4.kernels.rounding import round_to
 from sglang_gemma4.kernels.support import (
     FUSED_DTYPES,
     is_rowmajor_2d,
     triton_can_run_on,
     triton_interpreting,
 )
-
-
-@triton.jit
-def _round_to(x, act: tl.constexpr, BF16_RNE_BY_BITS: tl.constexpr):
-    """fp32 ``x`` rounded to ``act`` (nearest even), returned in fp32; bf16 by bits
-    under the interpreter, whose casts truncate."""
-    if BF16_RNE_BY_BITS:
-        bits = x.to(tl.uint32, bitcast=True)
-        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
-        return tl.where(x != x, x, bits.to(tl.float32, bitcast=True))
-    else:
-        return x.to(act).to(tl.float32)
 
 
 @triton.jit
@@ -103,8 +92,8 @@ def _qkv_norm_rope_kernel(
         w1 = tl.load(w_ptr + i).to(tl.float32)
         w2 = tl.load(w_ptr + HALF + i).to(tl.float32)
         # SGLang stores the normalized head before RoPE reads it back.
-        n1 = _round_to(x1 * inv * w1, act, BF16_RNE_BY_BITS)
-        n2 = _round_to(x2 * inv * w2, act, BF16_RNE_BY_BITS)
+        n1 = round_to(x1 * inv * w1, act, BF16_RNE_BY_BITS)
+        n2 = round_to(x2 * inv * w2, act, BF16_RNE_BY_BITS)
         pos = tl.load(pos_ptr + token).to(tl.int64)
         cos = tl.load(cache_ptr + pos * cache_stride + i).to(tl.float32)
         sin = tl.load(cache_ptr + pos * cache_stride + HALF + i).to(tl.float32)
@@ -113,8 +102,8 @@ def _qkv_norm_rope_kernel(
     else:
         y1 = x1 * inv
         y2 = x2 * inv
-    tl.store(base + i, _round_to(y1, act, BF16_RNE_BY_BITS).to(act))
-    tl.store(base + HALF + i, _round_to(y2, act, BF16_RNE_BY_BITS).to(act))
+    tl.store(base + i, round_to(y1, act, BF16_RNE_BY_BITS).to(act))
+    tl.store(base + HALF + i, round_to(y2, act, BF16_RNE_BY_BITS).to(act))
 
 
 def _problem(

@@ -58,6 +58,7 @@ import torch
 import triton
 import triton.language as tl
 
+from sglang_gemma4.kernels.rounding import round_to
 from sglang_gemma4.kernels.support import MAX_FUSED_ROW, triton_can_run_on, triton_interpreting
 
 TRIPLE_RMSNORM_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -98,21 +99,6 @@ def triple_rmsnorm_reference(
 
 
 @triton.jit
-def _round_to(x, act: tl.constexpr, BF16_RNE_BY_BITS: tl.constexpr):
-    """``x`` (fp32) rounded to ``act``, to nearest even.
-
-    Triton's interpreter truncates fp32 -> bf16 casts (compiled kernels round to
-    nearest even), so under the interpreter bf16 is rounded on the bit pattern
-    first and the cast is then exact.
-    """
-    if BF16_RNE_BY_BITS:
-        bits = x.to(tl.uint32, bitcast=True)
-        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
-        x = bits.to(tl.float32, bitcast=True)
-    return x.to(act)
-
-
-@triton.jit
 def _load_weight(ptr, cols, col_ok):
     # Every row reads the weights: keep them in L2.
     return tl.load(ptr + cols, mask=col_ok, other=0.0, eviction_policy="evict_last").to(tl.float32)
@@ -122,9 +108,9 @@ def _load_weight(ptr, cols, col_ok):
 def _residual_sum(x, res, inv_x, w_post, act: tl.constexpr, BF16_RNE_BY_BITS: tl.constexpr):
     """``(s, r)``: the fp32 sum ``round(x * inv_x * w_post) + res`` and ``r = round(s)``.
     The post-attention norm's output is rounded before the add, as SGLang stores it."""
-    a = _round_to((x * inv_x) * w_post, act, BF16_RNE_BY_BITS).to(tl.float32)
+    a = round_to((x * inv_x) * w_post, act, BF16_RNE_BY_BITS)
     s = a + res
-    return s, _round_to(s, act, BF16_RNE_BY_BITS)
+    return s, round_to(s, act, BF16_RNE_BY_BITS).to(act)
 
 
 @triton.jit
@@ -171,10 +157,10 @@ def _triple_norm_row_kernel(
     r32 = r.to(tl.float32)
     inv_s = tl.rsqrt(tl.sum(s * s, axis=1) / hidden + eps)[:, None]
     inv_r = tl.rsqrt(tl.sum(r32 * r32, axis=1) / hidden + eps)[:, None]
-    tl.store(dense_ptr + offs, _round_to((s * inv_s) * w_pre_ff, act, BF16_RNE_BY_BITS), mask=mask)
+    tl.store(dense_ptr + offs, round_to((s * inv_s) * w_pre_ff, act, BF16_RNE_BY_BITS).to(act), mask=mask)
     r_normed = r32 * inv_r
-    tl.store(router_ptr + offs, _round_to(r_normed * w_router, act, BF16_RNE_BY_BITS), mask=mask)
-    tl.store(moe_ptr + offs, _round_to(r_normed * w_pre_ff_2, act, BF16_RNE_BY_BITS), mask=mask)
+    tl.store(router_ptr + offs, round_to(r_normed * w_router, act, BF16_RNE_BY_BITS).to(act), mask=mask)
+    tl.store(moe_ptr + offs, round_to(r_normed * w_pre_ff_2, act, BF16_RNE_BY_BITS).to(act), mask=mask)
 
 
 @triton.jit
@@ -239,12 +225,12 @@ def _triple_norm_chunked_kernel(
         s, r = _residual_sum(x, res, inv_x, _load_weight(w_post_ptr, cols, col_ok), act, BF16_RNE_BY_BITS)
         tl.store(r_ptr + base + cols, r, mask=col_ok)
         dense = (s * inv_s) * _load_weight(w_pre_ff_ptr, cols, col_ok)
-        tl.store(dense_ptr + base + cols, _round_to(dense, act, BF16_RNE_BY_BITS), mask=col_ok)
+        tl.store(dense_ptr + base + cols, round_to(dense, act, BF16_RNE_BY_BITS).to(act), mask=col_ok)
         r_normed = r.to(tl.float32) * inv_r
         router = r_normed * _load_weight(w_router_ptr, cols, col_ok)
-        tl.store(router_ptr + base + cols, _round_to(router, act, BF16_RNE_BY_BITS), mask=col_ok)
+        tl.store(router_ptr + base + cols, round_to(router, act, BF16_RNE_BY_BITS).to(act), mask=col_ok)
         moe = r_normed * _load_weight(w_pre_ff_2_ptr, cols, col_ok)
-        tl.store(moe_ptr + base + cols, _round_to(moe, act, BF16_RNE_BY_BITS), mask=col_ok)
+        tl.store(moe_ptr + base + cols, round_to(moe, act, BF16_RNE_BY_BITS).to(act), mask=col_ok)
 
 
 class TripleNormLaunch(NamedTuple):
