@@ -162,11 +162,8 @@ def launch_sweep(model: str, kind: str, hidden: int, copy_bw: float) -> list[dic
 
 
 def summarize(rows: list[dict]) -> list[dict]:
-    by_key: dict[tuple, dict[str, dict]] = {}
-    for r in rows:
-        by_key.setdefault((r["model"], r["tokens"]), {})[r["impl"]] = r
     table = []
-    for (model, tokens), impls in sorted(by_key.items()):
+    for (model, tokens), impls in harness.impls_by_size(rows, "model", "tokens"):
         fused_us = impls["fused"]["us"]
         line = {
             "model": model,

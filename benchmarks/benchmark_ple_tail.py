@@ -154,11 +154,8 @@ def measure(model: str, hidden: int, num_layers: int, tokens: int, compiled: Cal
 
 def summarize(rows: list[dict]) -> list[dict]:
     """Per (model, tokens): fused vs each target of issue 3."""
-    by_key: dict[tuple, dict[str, dict]] = {}
-    for r in rows:
-        by_key.setdefault((r["model"], r["tokens"]), {})[r["impl"]] = r
     table = []
-    for (model, tokens), impls in sorted(by_key.items()):
+    for (model, tokens), impls in harness.impls_by_size(rows, "model", "tokens"):
         fused_us = impls["fused"]["us"]
         line = {
             "model": model,

@@ -105,11 +105,8 @@ def measure(model: str, layer: str, tokens: int, copy_bw: float, tflops: float) 
 
 
 def summarize(rows: list[dict]) -> list[dict]:
-    by_key: dict[tuple, dict[str, dict]] = {}
-    for r in rows:
-        by_key.setdefault((r["model"], r["layer"], r["tokens"]), {})[r["impl"]] = r
     table = []
-    for (model, layer, tokens), impls in sorted(by_key.items()):
+    for (model, layer, tokens), impls in harness.impls_by_size(rows, "model", "layer", "tokens"):
         full_us, q_us = impls["sglang"]["us"], impls["fused"]["us"]
         shared = impls["sglang"]["kv_shared_layers"]
         table.append({

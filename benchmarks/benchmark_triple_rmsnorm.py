@@ -250,11 +250,8 @@ def best_launches(swept: list[dict]) -> list[dict]:
 
 def summarize(rows: list[dict]) -> list[dict]:
     """Per (model, tokens): the fused kernel against each of issue 8's targets."""
-    by_key: dict[tuple, dict[str, dict]] = {}
-    for r in rows:
-        by_key.setdefault((r["hidden"], r["tokens"]), {})[r["impl"]] = r
     table = []
-    for (hidden, tokens), impls in sorted(by_key.items()):
+    for (hidden, tokens), impls in harness.impls_by_size(rows, "hidden", "tokens"):
         fused_us = impls["fused"]["us"]
         line = {
             "hidden": hidden,

@@ -106,6 +106,14 @@ def input_sets(nbytes_per_set: int, cap: int = 8, l2_bytes: int = 120 << 20) -> 
     return max(1, min(cap, -(-l2_bytes // nbytes_per_set)))
 
 
+def impls_by_size(rows: list[dict], *keys: str) -> list[tuple[tuple, dict[str, dict]]]:
+    """Rows grouped by the values of ``keys``, sorted: ``[(key values, {impl: row})]``."""
+    groups: dict[tuple, dict[str, dict]] = {}
+    for r in rows:
+        groups.setdefault(tuple(r[k] for k in keys), {})[r["impl"]] = r
+    return sorted(groups.items())
+
+
 def environment() -> dict:
     import triton
 

@@ -390,11 +390,8 @@ def measure(k: LayerKind, tokens: int, impls: dict[str, Callable]) -> list[dict]
 
 
 def summarize(rows: list[dict]) -> list[dict]:
-    by_key: dict[tuple, dict[str, dict]] = {}
-    for r in rows:
-        by_key.setdefault((r["layer"], r["tokens"]), {})[r["impl"]] = r
     table = []
-    for (layer, tokens), impls in sorted(by_key.items()):
+    for (layer, tokens), impls in harness.impls_by_size(rows, "layer", "tokens"):
         s, f = impls["sglang"], impls["fused"]
         line = {
             "layer": layer, "tokens": tokens, "sglang_us": s["us"], "fused_us": f["us"],
