@@ -19,7 +19,7 @@ PARITY_TOL = 1e-4
 def run_python(code: str, env: dict[str, str] | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
     """Run ``code`` in a fresh interpreter (a new process is the only honest way to
     test what ``load_plugins()`` does at start-up). ``env`` entries are added to
-    a copy of ours; a value of ``None``-string ``"<unset>"`` removes the key."""
+    a copy of ours; the value ``"<unset>"`` removes the key instead."""
     full = dict(os.environ)
     for k, v in (env or {}).items():
         if v == "<unset>":
