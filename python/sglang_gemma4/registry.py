@@ -24,6 +24,11 @@ the SGLang file it changes) as a module-level ``PATCHES = [Patch(...)]``::
   or ``Patch.check`` returned a reason. One WARNING names the patch and why.
 * ``applied``  -- every hook registered with SGLang's ``HookRegistry``.
 
+Several patches may list the same :class:`Hook` (one owner of a method that
+several capabilities change, e.g. ``Gemma4DecoderLayer.forward``): it is
+registered once, when the first of them applies, and the hook asks
+:func:`active` which of its patches are on.
+
 Errors at run time propagate. A hook that raises gets a note naming the patch
 and the switch that turns it off; nothing falls back silently, because a
 fallback that hides an exception could also hide wrong numbers.
@@ -99,9 +104,19 @@ class PatchStatus:
 
 # name -> status; filled once per process by apply_all().
 _status: dict[str, PatchStatus] = {}
-# name -> [(owner object, attribute, original value)], for suspended().
-_originals: dict[str, list[tuple[object, str, object]]] = {}
+# hook -> (owner object, attribute, original value), for suspended().
+_originals: dict[Hook, tuple[object, str, object]] = {}
+# hook -> names of the applied patches that list it (registered once).
+_hook_owners: dict[Hook, list[str]] = {}
+# Patches inside a suspended() block: not active() even though applied.
+_suspended: set[str] = set()
 _applied_once = False
+
+
+def active(name: str) -> bool:
+    """Whether patch ``name`` is applied in this process and not suspended."""
+    st = _status.get(name)
+    return st is not None and st.state == "applied" and name not in _suspended
 
 
 def env_flag(name: str) -> bool:
@@ -191,16 +206,17 @@ def incompatibility(patch: Patch, sglang_version: str | None) -> str | None:
     return None
 
 
-def _with_patch_note(patch_name: str, fn: Callable) -> Callable:
-    """Wrap a hook so an exception raised through it names the patch."""
+def _with_patch_note(hook: Hook, fn: Callable) -> Callable:
+    """Wrap a hook so an exception raised through it names the patch(es) listing it."""
 
     def hooked(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
         except Exception as e:
+            names = ",".join(_hook_owners.get(hook, ())) or "?"
             note = (
-                f"[sglang-gemma4] raised in a call routed through patch '{patch_name}'; "
-                f"to rule the plugin out, restart with {DISABLE_ENV}={patch_name}"
+                f"[sglang-gemma4] raised in a call routed through patch '{names}'; "
+                f"to rule the plugin out, restart with {DISABLE_ENV}={names}"
             )
             # Nested hooks of one patch (or re-raises) would otherwise repeat it.
             if note not in getattr(e, "__notes__", ()):
@@ -208,7 +224,7 @@ def _with_patch_note(patch_name: str, fn: Callable) -> Callable:
             raise
 
     hooked.__name__ = getattr(fn, "__name__", "hook")
-    hooked.__qualname__ = f"sglang_gemma4[{patch_name}].{hooked.__name__}"
+    hooked.__qualname__ = f"sglang_gemma4.{getattr(fn, '__qualname__', hooked.__name__)}"
     hooked.__doc__ = fn.__doc__
     return hooked
 
@@ -222,12 +238,13 @@ def _register_hooks(patch: Patch) -> None:
         "before": HookType.BEFORE,
         "after": HookType.AFTER,
     }
-    saved = []
     for hook in patch.hooks:
-        owner, attr, raw = _resolve(hook.target)
-        saved.append((owner, attr, raw))
-        HookRegistry.register(hook.target, _with_patch_note(patch.name, hook.fn), kinds[hook.kind])
-    _originals[patch.name] = saved
+        if hook in _hook_owners:  # listed by a patch applied before: registered already
+            _hook_owners[hook].append(patch.name)
+            continue
+        _originals[hook] = _resolve(hook.target)
+        HookRegistry.register(hook.target, _with_patch_note(hook, hook.fn), kinds[hook.kind])
+        _hook_owners[hook] = [patch.name]
 
 
 def apply_all(patches: Sequence[Patch], import_failures: Sequence[PatchStatus] = ()) -> list[PatchStatus]:
@@ -304,16 +321,23 @@ def suspended(*names: str) -> Iterator[None]:
     first run inside the block keeps SGLang's path afterwards, and vice versa.
     Module-level functions rebound by ``from X import Y`` elsewhere are not
     restored; our patches hook methods.
+
+    The named patches are not :func:`active` inside the block; a hook that
+    another, unsuspended patch also lists stays in place (it asks ``active``).
     """
-    chosen = names or tuple(_originals)
+    chosen = set(names or (n for owners in _hook_owners.values() for n in owners))
     swapped: list[tuple[object, str, object]] = []
+    added = chosen - _suspended
+    _suspended.update(added)
     try:
-        for name in chosen:
-            for owner, attr, original in _originals.get(name, ()):
-                current = owner.__dict__.get(attr) if isinstance(owner, type) else getattr(owner, attr)
-                swapped.append((owner, attr, current))
-                setattr(owner, attr, original)
+        for hook, (owner, attr, original) in _originals.items():
+            if not set(_hook_owners.get(hook, ())) <= chosen:
+                continue
+            current = owner.__dict__.get(attr) if isinstance(owner, type) else getattr(owner, attr)
+            swapped.append((owner, attr, current))
+            setattr(owner, attr, original)
         yield
     finally:
         for owner, attr, current in reversed(swapped):
             setattr(owner, attr, current)
+        _suspended.difference_update(added)

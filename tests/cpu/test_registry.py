@@ -42,6 +42,8 @@ def fresh_registry(monkeypatch):
     """An empty registry state for one test; the session's real state comes back after."""
     monkeypatch.setattr(registry, "_status", {})
     monkeypatch.setattr(registry, "_originals", {})
+    monkeypatch.setattr(registry, "_hook_owners", {})
+    monkeypatch.setattr(registry, "_suspended", set())
     monkeypatch.setattr(registry, "_applied_once", False)
     saved = {name: Target.__dict__[name] for name in ("double", "triple")}
     _forget_test_targets()
@@ -168,6 +170,48 @@ def test_suspended_restores_and_reapplies(fresh_registry):
     with registry.suspended("good"):
         assert Target().double(1) == 2
     assert Target().double(1) == 3
+
+
+def _add_ten_if_b_active(original, self, x):
+    return original(self, x) + (10 if registry.active("b") else 0)
+
+
+SHARED = Hook(f"{HERE}.Target.double", _add_ten_if_b_active, "around", params=("self", "x"))
+
+
+def test_a_hook_listed_by_two_patches_is_registered_once(fresh_registry):
+    table = _apply([Patch("a", "x", (SHARED,), "never"), Patch("b", "x", (SHARED,), "never")])
+    assert table["a"].state == table["b"].state == "applied"
+    assert Target().double(1) == 12, "wrapped once: one +10, not two"
+    assert registry.active("a") and registry.active("b") and not registry.active("nonexistent")
+
+
+def test_a_shared_hook_stays_while_another_owner_is_on(fresh_registry, monkeypatch):
+    monkeypatch.setenv(registry.DISABLE_ENV, "a")
+    _apply([Patch("a", "x", (SHARED,), "never"), Patch("b", "x", (SHARED,), "never")])
+    assert Target().double(1) == 12
+    with registry.suspended("b"):
+        assert not registry.active("b")
+        assert Target().double(1) == 2, "no applied owner left: the original is back"
+    assert registry.active("b") and Target().double(1) == 12
+
+
+def test_suspending_one_owner_keeps_the_hook_for_the_other(fresh_registry):
+    _apply([Patch("a", "x", (SHARED,), "never"), Patch("b", "x", (SHARED,), "never")])
+    with registry.suspended("b"):
+        assert registry.active("a") and not registry.active("b")
+        assert Target().double(1) == 2, "the hook stays (a is on) and sees b suspended"
+    with registry.suspended():
+        assert not registry.active("a") and Target().double(1) == 2
+    assert Target().double(1) == 12
+
+
+def test_an_error_in_a_shared_hook_names_every_owner(fresh_registry):
+    hook = Hook(f"{HERE}.Target.double", _explode, "around")
+    _apply([Patch("a", "x", (hook,), "never"), Patch("b", "x", (hook,), "never")])
+    with pytest.raises(ValueError) as info:
+        Target().double(1)
+    assert f"{registry.DISABLE_ENV}=a,b" in "".join(info.value.__notes__)
 
 
 def test_register_twice_changes_nothing(plugin_table):
