@@ -1,6 +1,8 @@
-"""The triple-RMSNorm Triton kernel against its fp32 reference, on CPU tensors
-under Triton's interpreter (``TRITON_INTERPRET=1``), with tiny shapes; and which
-inputs its ``supports`` predicate sends to the original path.
+"""The triple-RMSNorm Triton kernels against their fp32 references, on CPU
+tensors under Triton's interpreter (``TRITON_INTERPRET=1``), with tiny shapes:
+the 4-output mode (``post_attn_triple_rmsnorm``) and the 2-output mode
+(``post_attn_norm_add``); and which inputs the ``supports`` predicates send to
+the original path.
 
 The GPU twin (tests/gpu/test_triple_rmsnorm_gpu.py) runs the real shapes.
 """
@@ -13,8 +15,11 @@ from sglang_gemma4.kernels.support import MAX_FUSED_ROW
 from sglang_gemma4.kernels.triple_rmsnorm import (
     TripleNormLaunch,
     launch_config,
+    post_attn_norm_add,
+    post_attn_norm_add_reference,
     post_attn_triple_rmsnorm,
     supports,
+    supports_norm_add,
     triple_rmsnorm_reference,
 )
 from tests.triple_rmsnorm_checks import (
@@ -151,3 +156,69 @@ def test_unsupported_inputs_raise_and_empty_batch_returns_empty():
             post_attn_triple_rmsnorm(attn_out, residual, *weights, EPS, launch=bad)
     outputs = post_attn_triple_rmsnorm(attn_out[:0], residual[:0], *weights, EPS)
     assert [tuple(o.shape) for o in outputs] == [(0, 128)] * 4
+
+
+# --------------------------------------------------------------------------- 2-output mode
+
+NORM_ADD_NAMES = OUTPUT_NAMES[:2]
+# 333: odd, so no row is a multiple of any vector width.
+NORM_ADD_SHAPES = [(t, h) for h in (128, 1000, 333) for t in (0, 1, 3, 17)]
+
+
+def _check_norm_add(tokens, hidden, dtype, launch=None, *, in_place=False, **input_kwargs):
+    attn_out, residual, weights = triple_norm_inputs(tokens, hidden, dtype, **input_kwargs)
+    expected = post_attn_norm_add_reference(attn_out, residual, *weights[:2], EPS)
+    residual_out = residual if in_place else None
+    actual = post_attn_norm_add(attn_out, residual, *weights[:2], EPS, residual_out=residual_out, launch=launch)
+    assert len(actual) == 2
+    if in_place:
+        assert actual[0].data_ptr() == residual.data_ptr()
+    for name, a, e in zip(NORM_ADD_NAMES, actual, expected):
+        assert_within_one_rounding(a, e, name)
+    return actual
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("tokens,hidden", NORM_ADD_SHAPES)
+def test_norm_add_matches_reference(tokens, hidden, dtype):
+    _check_norm_add(tokens, hidden, dtype, seed=tokens + hidden)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize(
+    "launch,hidden",
+    [("row_4x", 128), ("chunked_64", 128), ("row_4x", 1000), ("chunked_256", 1000), ("row_4x", 333), ("chunked_64", 333)],
+)
+def test_norm_add_each_kernel_matches_reference(launch, hidden, dtype):
+    _check_norm_add(17, hidden, dtype, _launch(launch, hidden), seed=hidden)
+
+
+@pytest.mark.parametrize("launch", ["default", "row_4x", "chunked_64"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_norm_add_residual_in_place(dtype, launch):
+    _check_norm_add(17, 333, dtype, _launch(launch, 333), in_place=True, scale=300.0, zero_row=True, seed=2)
+
+
+@pytest.mark.parametrize("launch", ["default", "row_4x", "chunked_256"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_norm_add_is_the_triple_without_its_last_two_outputs(dtype, launch):
+    """Same kernel, same launch: the two modes agree bit for bit on r and dense_in."""
+    attn_out, residual, weights = triple_norm_inputs(9, 1000, dtype, seed=4)
+    pair = post_attn_norm_add(attn_out, residual, *weights[:2], EPS, launch=_launch(launch, 1000))
+    triple = post_attn_triple_rmsnorm(attn_out, residual, *weights, EPS, launch=_launch(launch, 1000))
+    for name, a, b in zip(NORM_ADD_NAMES, pair, triple):
+        assert torch.equal(a, b), name
+
+
+def test_supports_norm_add_takes_two_weights():
+    attn_out, residual, weights = triple_norm_inputs(4, 128, torch.bfloat16)
+    assert supports_norm_add(attn_out, residual, weights[:2])
+    assert not supports_norm_add(attn_out, residual, weights)
+    assert not supports(attn_out, residual, weights[:2])
+    assert not supports_norm_add(attn_out, residual, weights[:2], dtypes=(torch.float16,))
+    assert not supports_norm_add(attn_out, residual, [weights[0], weights[1][:64]])
+    assert not supports_norm_add(attn_out[None], residual[None], weights[:2])
+    with pytest.raises(ValueError, match="post_attn_norm_add: unsupported inputs"):
+        post_attn_norm_add(attn_out, residual[:, :64], *weights[:2], EPS)
+    outputs = post_attn_norm_add(attn_out[:0], residual[:0], *weights[:2], EPS)
+    assert [tuple(o.shape) for o in outputs] == [(0, 128)] * 2

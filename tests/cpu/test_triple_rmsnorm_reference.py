@@ -10,7 +10,11 @@ import pytest
 import torch
 
 from sglang_gemma4.kernels import support
-from sglang_gemma4.kernels.triple_rmsnorm import supports, triple_rmsnorm_reference
+from sglang_gemma4.kernels.triple_rmsnorm import (
+    post_attn_norm_add_reference,
+    supports,
+    triple_rmsnorm_reference,
+)
 from tests.triple_rmsnorm_checks import (
     EPS,
     OUTPUT_NAMES,
@@ -63,6 +67,18 @@ def test_reference_equals_sglang_native_sequence(dtype, hidden):
     attn_out, residual, weights = triple_norm_inputs(64, hidden, dtype, zero_row=True)
     ours = triple_rmsnorm_reference(attn_out, residual, *weights, EPS)
     theirs = _sglang_native_sequence(attn_out, residual, *weights)
+    for name, a, b in zip(OUTPUT_NAMES, ours, theirs):
+        assert a.dtype == dtype
+        assert torch.equal(a, b), f"{name}: {(a.float() - b.float()).abs().max()}"
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_norm_add_reference_equals_sglang_native_pair(dtype):
+    """The 2-output reference (dense/PLE layers: rmsnorm, then fused_add_rmsnorm)."""
+    attn_out, residual, weights = triple_norm_inputs(64, 1000, dtype, zero_row=True, seed=9)
+    ours = post_attn_norm_add_reference(attn_out, residual, *weights[:2], EPS)
+    theirs = _sglang_native_sequence(attn_out, residual, *weights)[:2]
+    assert len(ours) == 2
     for name, a, b in zip(OUTPUT_NAMES, ours, theirs):
         assert a.dtype == dtype
         assert torch.equal(a, b), f"{name}: {(a.float() - b.float()).abs().max()}"

@@ -22,8 +22,11 @@ import torch
 from sglang_gemma4.kernels.triple_rmsnorm import (
     ROW_KERNEL_MAX_ROWS,
     launch_config,
+    post_attn_norm_add,
+    post_attn_norm_add_reference,
     post_attn_triple_rmsnorm,
     supports,
+    supports_norm_add,
     triple_rmsnorm_reference,
 )
 from tests.triple_rmsnorm_checks import (
@@ -100,6 +103,68 @@ def test_supports_cuda_rejects_what_it_should():
     assert not supports(attn_out.cpu(), residual.cpu(), [w.cpu() for w in weights])
     assert not supports(attn_out, residual, [w.cpu() for w in weights])
     assert not supports(attn_out[:0], residual[:0], weights)
+
+
+# --------------------------------------------------------------------------- 2-output mode
+
+NORM_ADD_HIDDENS = [1536, 2560, 5376]  # E2B, E4B, 31B
+
+
+def _run_norm_add(tokens, hidden, dtype, launch=None, *, in_place=False, **input_kwargs):
+    attn_out, residual, weights = triple_norm_inputs(tokens, hidden, dtype, device="cuda", **input_kwargs)
+    expected = post_attn_norm_add_reference(attn_out, residual, *weights[:2], EPS)
+    residual_out = residual if in_place else None
+    actual = post_attn_norm_add(attn_out, residual, *weights[:2], EPS, residual_out=residual_out, launch=launch)
+    if in_place:
+        assert actual[0].data_ptr() == residual.data_ptr()
+    for name, a, e in zip(OUTPUT_NAMES[:2], actual, expected):
+        assert_within_one_rounding(a, e, name)
+    return actual
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("tokens", TOKENS)
+@pytest.mark.parametrize("hidden", NORM_ADD_HIDDENS)
+def test_norm_add_matches_reference(hidden, tokens, dtype):
+    _run_norm_add(tokens, hidden, dtype, seed=tokens)
+
+
+@pytest.mark.parametrize("kernel", ["row", "chunked"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("hidden", NORM_ADD_HIDDENS)
+def test_norm_add_both_kernels_at_any_batch(hidden, dtype, kernel):
+    few, many = 3, ROW_KERNEL_MAX_ROWS + 1
+    launch = launch_config(hidden, few if kernel == "row" else many)
+    assert launch.kernel == kernel
+    for tokens in (few, many):
+        _run_norm_add(tokens, hidden, dtype, launch=launch, seed=tokens)
+
+
+@pytest.mark.parametrize("scale", SCALES.values(), ids=SCALES.keys())
+@pytest.mark.parametrize("tokens", [33, 4096])
+@pytest.mark.parametrize("hidden", NORM_ADD_HIDDENS)
+def test_norm_add_in_place_magnitudes_and_zero_row(hidden, tokens, scale):
+    outputs = _run_norm_add(tokens, hidden, torch.bfloat16, in_place=True, scale=scale, zero_row=True, seed=3)
+    for out in outputs:
+        assert torch.count_nonzero(out[tokens // 2]) == 0
+
+
+@pytest.mark.parametrize("tokens", [3, 4096])
+@pytest.mark.parametrize("hidden", [2816, 5376])
+def test_norm_add_is_the_triple_without_its_last_two_outputs(hidden, tokens):
+    attn_out, residual, weights = triple_norm_inputs(tokens, hidden, torch.bfloat16, device="cuda", seed=8)
+    launch = launch_config(hidden, tokens)
+    pair = post_attn_norm_add(attn_out, residual, *weights[:2], EPS, launch=launch)
+    triple = post_attn_triple_rmsnorm(attn_out, residual, *weights, EPS, launch=launch)
+    for name, a, b in zip(OUTPUT_NAMES[:2], pair, triple):
+        assert torch.equal(a, b), name
+
+
+def test_supports_norm_add_cuda():
+    attn_out, residual, weights = triple_norm_inputs(4, 2560, torch.bfloat16, device="cuda")
+    assert supports_norm_add(attn_out, residual, weights[:2])
+    assert not supports_norm_add(attn_out, residual, weights)
+    assert not supports_norm_add(attn_out.cpu(), residual.cpu(), [w.cpu() for w in weights[:2]])
 
 
 def _top_k_ids(router_in: torch.Tensor, proj_weight: torch.Tensor) -> torch.Tensor:

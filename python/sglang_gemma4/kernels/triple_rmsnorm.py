@@ -35,6 +35,11 @@ Where SGLang 0.5.23 rounds (CUDA, bf16/fp16 activations), read from the code:
    residual ``r`` from memory. So ``router_in`` and ``moe_in`` share one rsqrt,
    of the rounded ``r``, which differs from the dense input's rsqrt of ``s``.
 
+Dense and PLE layers (31B, E2B, E4B) have no router or experts: their
+post-attention block is steps 1 and 2 only, ``(r, dense_in)``, which
+:func:`post_attn_norm_add` computes with the same kernels (a constexpr flag
+drops the router/expert loads, sums and stores).
+
 This kernel rounds at exactly those points: ``a`` to the activation dtype before
 the add, the dense input from fp32 ``s``, the router and expert inputs from the
 rounded ``r``. With fp32 activations every rounding is the identity and all
@@ -68,6 +73,27 @@ def _rms_inverse(x: torch.Tensor, eps: float) -> torch.Tensor:
     return torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + eps)
 
 
+def post_attn_norm_add_reference(
+    attn_out: torch.Tensor,
+    residual: torch.Tensor,
+    w_post_attn: torch.Tensor,
+    w_pre_ff: torch.Tensor,
+    eps: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(r, dense_in)`` as SGLang's rmsnorm + fused_add_rmsnorm compute them.
+
+    fp32 arithmetic, rounded to ``attn_out.dtype`` where SGLang stores a tensor:
+    ``a = round(rmsnorm(attn_out, w_post_attn))``, ``s = a + residual`` (fp32),
+    ``r = round(s)``, ``dense_in = round(rmsnorm(s, w_pre_ff))``. The first two
+    outputs of :func:`triple_rmsnorm_reference`, which is built on this.
+    """
+    dtype = attn_out.dtype
+    x = attn_out.float()
+    a = (x * _rms_inverse(x, eps) * w_post_attn.float()).to(dtype)
+    s = a.float() + residual.float()
+    return s.to(dtype), (s * _rms_inverse(s, eps) * w_pre_ff.float()).to(dtype)
+
+
 def triple_rmsnorm_reference(
     attn_out: torch.Tensor,
     residual: torch.Tensor,
@@ -86,11 +112,7 @@ def triple_rmsnorm_reference(
     ``router_in = round(r * rr * w_router)``, ``moe_in = round(r * rr * w_pre_ff_2)``.
     """
     dtype = attn_out.dtype
-    x = attn_out.float()
-    a = (x * _rms_inverse(x, eps) * w_post_attn.float()).to(dtype)
-    s = a.float() + residual.float()
-    r = s.to(dtype)
-    dense_in = (s * _rms_inverse(s, eps) * w_pre_ff.float()).to(dtype)
+    r, dense_in = post_attn_norm_add_reference(attn_out, residual, w_post_attn, w_pre_ff, eps)
     r32 = r.float()
     r_normed = r32 * _rms_inverse(r32, eps)
     router_in = (r_normed * w_router.float()).to(dtype)
@@ -130,10 +152,13 @@ def _triple_norm_row_kernel(
     eps,
     ROWS: tl.constexpr,
     BLOCK: tl.constexpr,
+    MOE_OUTPUTS: tl.constexpr,
     BF16_RNE_BY_BITS: tl.constexpr,
 ):
     """``ROWS`` whole rows per program, held in registers: each element is loaded
-    once and every load is issued up front (the latency-bound decode sizes)."""
+    once and every load is issued up front (the latency-bound decode sizes).
+    Without ``MOE_OUTPUTS`` only ``r`` and ``dense_in`` (the router/expert
+    pointers are not touched)."""
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     cols = tl.arange(0, BLOCK)
     col_ok = cols < hidden
@@ -146,21 +171,21 @@ def _triple_norm_row_kernel(
     res = tl.load(res_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     w_post = _load_weight(w_post_ptr, cols, col_ok)[None, :]
     w_pre_ff = _load_weight(w_pre_ff_ptr, cols, col_ok)[None, :]
-    w_router = _load_weight(w_router_ptr, cols, col_ok)[None, :]
-    w_pre_ff_2 = _load_weight(w_pre_ff_2_ptr, cols, col_ok)[None, :]
 
     inv_x = tl.rsqrt(tl.sum(x * x, axis=1) / hidden + eps)[:, None]
     s, r = _residual_sum(x, res, inv_x, w_post, act, BF16_RNE_BY_BITS)
     tl.store(r_ptr + offs, r, mask=mask)
     # fused_add_rmsnorm normalizes the unrounded fp32 sum; the router's norm and
     # pre_feedforward_layernorm_2 read the stored residual.
-    r32 = r.to(tl.float32)
     inv_s = tl.rsqrt(tl.sum(s * s, axis=1) / hidden + eps)[:, None]
-    inv_r = tl.rsqrt(tl.sum(r32 * r32, axis=1) / hidden + eps)[:, None]
     tl.store(dense_ptr + offs, round_to((s * inv_s) * w_pre_ff, act, BF16_RNE_BY_BITS).to(act), mask=mask)
-    r_normed = r32 * inv_r
-    tl.store(router_ptr + offs, round_to(r_normed * w_router, act, BF16_RNE_BY_BITS).to(act), mask=mask)
-    tl.store(moe_ptr + offs, round_to(r_normed * w_pre_ff_2, act, BF16_RNE_BY_BITS).to(act), mask=mask)
+    if MOE_OUTPUTS:
+        w_router = _load_weight(w_router_ptr, cols, col_ok)[None, :]
+        w_pre_ff_2 = _load_weight(w_pre_ff_2_ptr, cols, col_ok)[None, :]
+        r32 = r.to(tl.float32)
+        r_normed = r32 * tl.rsqrt(tl.sum(r32 * r32, axis=1) / hidden + eps)[:, None]
+        tl.store(router_ptr + offs, round_to(r_normed * w_router, act, BF16_RNE_BY_BITS).to(act), mask=mask)
+        tl.store(moe_ptr + offs, round_to(r_normed * w_pre_ff_2, act, BF16_RNE_BY_BITS).to(act), mask=mask)
 
 
 @triton.jit
@@ -180,6 +205,7 @@ def _triple_norm_chunked_kernel(
     eps,
     CHUNK: tl.constexpr,
     NUM_CHUNKS: tl.constexpr,
+    MOE_OUTPUTS: tl.constexpr,
     BF16_RNE_BY_BITS: tl.constexpr,
 ):
     """One row per program, ``CHUNK`` columns at a time, in three passes (each
@@ -189,7 +215,8 @@ def _triple_norm_chunked_kernel(
     bandwidth-bound sizes). Passes 2 and 3 re-read the row from L1/L2, so DRAM
     still sees each element once; pass 3 recomputes ``s`` and ``r`` with the same
     operations on the same inputs (bit-identical), and is the only pass that
-    stores, so ``r`` may overwrite the residual it is computed from."""
+    stores, so ``r`` may overwrite the residual it is computed from. Without
+    ``MOE_OUTPUTS`` only ``r`` and ``dense_in``, and no sum of squares of ``r``."""
     base = tl.program_id(0).to(tl.int64) * hidden
     lanes = tl.arange(0, CHUNK)
     act = r_ptr.dtype.element_ty
@@ -209,9 +236,10 @@ def _triple_norm_chunked_kernel(
         x = tl.load(attn_ptr + base + cols, mask=col_ok, other=0.0).to(tl.float32)
         res = tl.load(res_ptr + base + cols, mask=col_ok, other=0.0).to(tl.float32)
         s, r = _residual_sum(x, res, inv_x, _load_weight(w_post_ptr, cols, col_ok), act, BF16_RNE_BY_BITS)
-        r32 = r.to(tl.float32)
         sum_s += s * s
-        sum_r += r32 * r32
+        if MOE_OUTPUTS:
+            r32 = r.to(tl.float32)
+            sum_r += r32 * r32
     # fused_add_rmsnorm normalizes the unrounded fp32 sum; the router's norm and
     # pre_feedforward_layernorm_2 read the stored residual.
     inv_s = tl.rsqrt(tl.sum(sum_s, axis=0) / hidden + eps)
@@ -226,11 +254,12 @@ def _triple_norm_chunked_kernel(
         tl.store(r_ptr + base + cols, r, mask=col_ok)
         dense = (s * inv_s) * _load_weight(w_pre_ff_ptr, cols, col_ok)
         tl.store(dense_ptr + base + cols, round_to(dense, act, BF16_RNE_BY_BITS).to(act), mask=col_ok)
-        r_normed = r.to(tl.float32) * inv_r
-        router = r_normed * _load_weight(w_router_ptr, cols, col_ok)
-        tl.store(router_ptr + base + cols, round_to(router, act, BF16_RNE_BY_BITS).to(act), mask=col_ok)
-        moe = r_normed * _load_weight(w_pre_ff_2_ptr, cols, col_ok)
-        tl.store(moe_ptr + base + cols, round_to(moe, act, BF16_RNE_BY_BITS).to(act), mask=col_ok)
+        if MOE_OUTPUTS:
+            r_normed = r.to(tl.float32) * inv_r
+            router = r_normed * _load_weight(w_router_ptr, cols, col_ok)
+            tl.store(router_ptr + base + cols, round_to(router, act, BF16_RNE_BY_BITS).to(act), mask=col_ok)
+            moe = r_normed * _load_weight(w_pre_ff_2_ptr, cols, col_ok)
+            tl.store(moe_ptr + base + cols, round_to(moe, act, BF16_RNE_BY_BITS).to(act), mask=col_ok)
 
 
 class TripleNormLaunch(NamedTuple):
@@ -269,6 +298,34 @@ def launch_config(hidden: int, n_rows: int) -> TripleNormLaunch:
     return TripleNormLaunch("row", block, rows, max(4, min(32, rows * block // (32 * ELEMENTS_PER_THREAD))))
 
 
+def _supports(
+    attn_out: torch.Tensor,
+    residual: torch.Tensor,
+    weights: Sequence[torch.Tensor],
+    n_weights: int,
+    dtypes: Sequence[torch.dtype],
+) -> bool:
+    if attn_out.dim() != 2 or residual.shape != attn_out.shape:
+        return False
+    n_rows, hidden = attn_out.shape
+    if n_rows == 0 or not 0 < hidden <= MAX_FUSED_ROW:
+        return False
+    if attn_out.dtype not in dtypes or residual.dtype != attn_out.dtype:
+        return False
+    if not (attn_out.is_contiguous() and residual.is_contiguous()):
+        return False
+    if not triton_can_run_on(attn_out) or residual.device != attn_out.device:
+        return False
+    return len(weights) == n_weights and all(
+        w.dim() == 1
+        and w.numel() == hidden
+        and w.is_contiguous()
+        and w.is_floating_point()
+        and w.device == attn_out.device
+        for w in weights
+    )
+
+
 def supports(
     attn_out: torch.Tensor,
     residual: torch.Tensor,
@@ -281,25 +338,86 @@ def supports(
     at most ``MAX_FUSED_ROW`` columns, on a device Triton runs on; four 1-D
     contiguous floating weights of the row's length on the same device.
     """
-    if attn_out.dim() != 2 or residual.shape != attn_out.shape:
-        return False
+    return _supports(attn_out, residual, weights, 4, dtypes)
+
+
+def supports_norm_add(
+    attn_out: torch.Tensor,
+    residual: torch.Tensor,
+    weights: Sequence[torch.Tensor],
+    dtypes: Sequence[torch.dtype] = TRIPLE_RMSNORM_DTYPES,
+) -> bool:
+    """Whether :func:`post_attn_norm_add` runs the kernel on these inputs: as
+    :func:`supports`, with two weights ``(w_post_attn, w_pre_ff)``."""
+    return _supports(attn_out, residual, weights, 2, dtypes)
+
+
+def _launch(
+    name: str,
+    attn_out: torch.Tensor,
+    residual: torch.Tensor,
+    weights: tuple[torch.Tensor, ...],
+    residual_out: torch.Tensor | None,
+    eps: float,
+    launch: TripleNormLaunch | None,
+) -> tuple[torch.Tensor, ...]:
+    """Validate, allocate ``len(weights)`` outputs (``r`` into ``residual_out`` when
+    given) and launch the kernel in the mode of that many outputs."""
+    moe_outputs = len(weights) == 4
+    if residual_out is None:
+        residual_out = torch.empty_like(attn_out)
+    elif (
+        residual_out.shape != attn_out.shape
+        or residual_out.dtype != attn_out.dtype
+        or not residual_out.is_contiguous()
+    ):
+        raise ValueError("residual_out must be contiguous, shaped and typed like attn_out")
+    outputs = (residual_out,) + tuple(torch.empty_like(attn_out) for _ in weights[1:])
+    if attn_out.dim() == 2 and attn_out.shape[0] == 0 and residual.shape == attn_out.shape:
+        return outputs
+    if not _supports(attn_out, residual, weights, len(weights), TRIPLE_RMSNORM_DTYPES):
+        raise ValueError(
+            f"{name}: unsupported inputs: attn_out "
+            f"{tuple(attn_out.shape)} {attn_out.dtype} on {attn_out.device} "
+            f"(contiguous={attn_out.is_contiguous()}), residual {tuple(residual.shape)} "
+            f"{residual.dtype} (contiguous={residual.is_contiguous()}), weights "
+            f"{[(tuple(w.shape), w.dtype, str(w.device)) for w in weights]}"
+        )
     n_rows, hidden = attn_out.shape
-    if n_rows == 0 or not 0 < hidden <= MAX_FUSED_ROW:
-        return False
-    if attn_out.dtype not in dtypes or residual.dtype != attn_out.dtype:
-        return False
-    if not (attn_out.is_contiguous() and residual.is_contiguous()):
-        return False
-    if not triton_can_run_on(attn_out) or residual.device != attn_out.device:
-        return False
-    return len(weights) == 4 and all(
-        w.dim() == 1
-        and w.numel() == hidden
-        and w.is_contiguous()
-        and w.is_floating_point()
-        and w.device == attn_out.device
-        for w in weights
-    )
+    launch = launch or launch_config(hidden, n_rows)
+    if launch.block & (launch.block - 1) or launch.rows_per_program & (launch.rows_per_program - 1):
+        raise ValueError(f"block and rows_per_program must be powers of two: {launch}")
+    # Without the router/expert outputs their pointer arguments are never read:
+    # any tensor fills the slots.
+    kernel_weights = weights if moe_outputs else weights + weights
+    kernel_outputs = outputs if moe_outputs else outputs + outputs
+    args = (attn_out, residual, *kernel_weights, *kernel_outputs, n_rows, hidden, eps)
+    rne_by_bits = triton_interpreting() and attn_out.dtype == torch.bfloat16
+    if launch.kernel == "row":
+        if launch.block < hidden:
+            raise ValueError(f"the row kernel needs block >= hidden ({hidden}): {launch}")
+        _triple_norm_row_kernel[(triton.cdiv(n_rows, launch.rows_per_program),)](
+            *args,
+            ROWS=launch.rows_per_program,
+            BLOCK=launch.block,
+            MOE_OUTPUTS=moe_outputs,
+            BF16_RNE_BY_BITS=rne_by_bits,
+            num_warps=launch.num_warps,
+        )
+    elif launch.kernel == "chunked":
+        if launch.rows_per_program != 1:
+            raise ValueError(f"the chunked kernel takes one row per program: {launch}")
+        _triple_norm_chunked_kernel[(n_rows,)](
+            *args,
+            CHUNK=launch.block,
+            NUM_CHUNKS=triton.cdiv(hidden, launch.block),
+            MOE_OUTPUTS=moe_outputs,
+            BF16_RNE_BY_BITS=rne_by_bits,
+            num_warps=launch.num_warps,
+        )
+    else:
+        raise ValueError(f"unknown kernel {launch.kernel!r}")
+    return outputs
 
 
 def post_attn_triple_rmsnorm(
@@ -332,54 +450,32 @@ def post_attn_triple_rmsnorm(
     :func:`supports` rejects raise ``ValueError``.
     """
     weights = (w_post_attn, w_pre_ff, w_router, w_pre_ff_2)
-    if residual_out is None:
-        residual_out = torch.empty_like(attn_out)
-    elif (
-        residual_out.shape != attn_out.shape
-        or residual_out.dtype != attn_out.dtype
-        or not residual_out.is_contiguous()
-    ):
-        raise ValueError("residual_out must be contiguous, shaped and typed like attn_out")
-    dense_in = torch.empty_like(attn_out)
-    router_in = torch.empty_like(attn_out)
-    moe_in = torch.empty_like(attn_out)
-    outputs = residual_out, dense_in, router_in, moe_in
-    if attn_out.dim() == 2 and attn_out.shape[0] == 0 and residual.shape == attn_out.shape:
-        return outputs
-    if not supports(attn_out, residual, weights):
-        raise ValueError(
-            "post_attn_triple_rmsnorm: unsupported inputs: attn_out "
-            f"{tuple(attn_out.shape)} {attn_out.dtype} on {attn_out.device} "
-            f"(contiguous={attn_out.is_contiguous()}), residual {tuple(residual.shape)} "
-            f"{residual.dtype} (contiguous={residual.is_contiguous()}), weights "
-            f"{[(tuple(w.shape), w.dtype, str(w.device)) for w in weights]}"
-        )
-    n_rows, hidden = attn_out.shape
-    launch = launch or launch_config(hidden, n_rows)
-    if launch.block & (launch.block - 1) or launch.rows_per_program & (launch.rows_per_program - 1):
-        raise ValueError(f"block and rows_per_program must be powers of two: {launch}")
-    args = (*((attn_out, residual) + weights + outputs), n_rows, hidden, eps)
-    rne_by_bits = triton_interpreting() and attn_out.dtype == torch.bfloat16
-    if launch.kernel == "row":
-        if launch.block < hidden:
-            raise ValueError(f"the row kernel needs block >= hidden ({hidden}): {launch}")
-        _triple_norm_row_kernel[(triton.cdiv(n_rows, launch.rows_per_program),)](
-            *args,
-            ROWS=launch.rows_per_program,
-            BLOCK=launch.block,
-            BF16_RNE_BY_BITS=rne_by_bits,
-            num_warps=launch.num_warps,
-        )
-    elif launch.kernel == "chunked":
-        if launch.rows_per_program != 1:
-            raise ValueError(f"the chunked kernel takes one row per program: {launch}")
-        _triple_norm_chunked_kernel[(n_rows,)](
-            *args,
-            CHUNK=launch.block,
-            NUM_CHUNKS=triton.cdiv(hidden, launch.block),
-            BF16_RNE_BY_BITS=rne_by_bits,
-            num_warps=launch.num_warps,
-        )
-    else:
-        raise ValueError(f"unknown kernel {launch.kernel!r}")
-    return outputs
+    r, dense_in, router_in, moe_in = _launch(
+        "post_attn_triple_rmsnorm", attn_out, residual, weights, residual_out, eps, launch
+    )
+    return r, dense_in, router_in, moe_in
+
+
+def post_attn_norm_add(
+    attn_out: torch.Tensor,
+    residual: torch.Tensor,
+    w_post_attn: torch.Tensor,
+    w_pre_ff: torch.Tensor,
+    eps: float,
+    *,
+    residual_out: torch.Tensor | None = None,
+    launch: TripleNormLaunch | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(r, dense_in)`` of a Gemma-4 dense or PLE layer in one launch.
+
+    ``s = round(rmsnorm(attn_out, w_post_attn)) + residual`` in fp32,
+    ``r = round(s)``, ``dense_in = round(rmsnorm(s, w_pre_ff))``: the first two
+    outputs of :func:`post_attn_triple_rmsnorm`, by the same kernels. Equals
+    :func:`post_attn_norm_add_reference` up to fp32 reduction order and rsqrt.
+    Arguments, ``residual_out`` (may be ``residual``), ``launch`` and errors as
+    there; the inputs are those :func:`supports_norm_add` accepts.
+    """
+    r, dense_in = _launch(
+        "post_attn_norm_add", attn_out, residual, (w_post_attn, w_pre_ff), residual_out, eps, launch
+    )
+    return r, dense_in
