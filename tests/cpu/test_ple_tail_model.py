@@ -37,12 +37,13 @@ def counting_kernel_calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[Counter]:
 
 
 def run_both_ways(name: str, monkeypatch: pytest.MonkeyPatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Counter]:
-    """(patched, unpatched, transformers) final hidden states of one model, and the kernel calls."""
+    """(patched, unpatched, transformers) final hidden states of one model, and the kernel calls.
+    ``end_of_layer_norm`` is off on both sides: it replaces the last of the three kernels."""
     pair = harness.build_pair(name)
     ids = harness.prompt()
-    with counting_kernel_calls(monkeypatch) as calls:
+    with counting_kernel_calls(monkeypatch) as calls, registry.suspended("end_of_layer_norm"):
         patched = harness.sglang_hidden(pair.sglang, ids).float()
-    with registry.suspended("ple_tail"):
+    with registry.suspended("ple_tail", "end_of_layer_norm"):
         unpatched = harness.sglang_hidden(pair.sglang, ids).float()
     reference = harness.hf_hidden(pair.hf, ids).float()
     return patched, unpatched, reference, calls

@@ -160,13 +160,13 @@ def test_batch_invariant_mode_falls_back(plugin_table, monkeypatch):
 def test_read_of_an_empty_batch_and_without_call_takes_sglang_path(plugin_table):
     from sglang.srt.layers.layer_boundary.residual.add_norm import PLAIN_ADD
 
-    from sglang_gemma4.srt.models.gemma4_causal.triple_rmsnorm import TripleNormCall
+    from sglang_gemma4.srt.models.gemma4_causal.triple_rmsnorm import PostAttentionCall
 
     layer = harness.build_pair("moe").sglang.model.layers[0]
     read, pre_ff = layer.ffn_boundary.declaration.read, layer.pre_feedforward_layernorm
     hidden = layer.hidden_size
     empty = torch.empty(0, hidden)
-    call = TripleNormCall(layer)
+    call = PostAttentionCall(layer)
     with path_counter() as counts:
         out, residual = read.bind(None, call).update_and_read(PLAIN_ADD, empty, empty.clone(), pre_ff)
         assert out.shape == residual.shape == (0, hidden) and call.router_in is None

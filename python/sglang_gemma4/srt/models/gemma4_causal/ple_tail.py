@@ -73,15 +73,34 @@ def next_stream(
     """``_next_stream`` of a PLE layer with its tail fused; anything else goes to ``original``."""
     if not takes_fused_tail(self, residual, per_layer_input):
         return original(self, hidden_states, residual, per_layer_input, forward_batch)
+    projected, h = ple_branch(self, hidden_states, residual, per_layer_input, forward_batch)
+    return ple_end(self, projected, h)
+
+
+def ple_branch(
+    layer: torch.nn.Module,
+    hidden_states: torch.Tensor,
+    residual: torch.Tensor,
+    per_layer_input: torch.Tensor,
+    forward_batch: Any,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(c, h)`` of the module docstring, from the MLP input: the MLP (its TP sum
+    completed), ``h`` by :func:`rmsnorm_add`, the two GEMMs around :func:`gelu_tanh_mul`."""
     from sglang.srt.layers.layer_boundary import SumGroup
 
-    post_ff, post_ple = self.post_feedforward_layernorm, self.post_per_layer_input_norm
-    mlp_out = self.ffn_boundary.sum_part(self.mlp(hidden_states), forward_batch, SumGroup.TP)
+    post_ff = layer.post_feedforward_layernorm
+    mlp_out = layer.ffn_boundary.sum_part(layer.mlp(hidden_states), forward_batch, SumGroup.TP)
     h = rmsnorm_add(mlp_out, post_ff.weight, residual, post_ff.variance_epsilon)
-    gate, _ = self.per_layer_input_gate(h)
-    projected, _ = self.per_layer_projection(gelu_tanh_mul(gate, per_layer_input))
+    gate, _ = layer.per_layer_input_gate(h)
+    projected, _ = layer.per_layer_projection(gelu_tanh_mul(gate, per_layer_input))
+    return projected, h
+
+
+def ple_end(layer: torch.nn.Module, projected: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """``(post_per_layer_input_norm(c) + h) * layer_scalar`` by :func:`rmsnorm_add_scale`."""
+    post_ple = layer.post_per_layer_input_norm
     # Gemma4RMSNorm keeps its epsilon in .eps (SGLang's RMSNorm: .variance_epsilon).
-    return rmsnorm_add_scale(projected, post_ple.weight, h, self.layer_scalar, post_ple.eps)
+    return rmsnorm_add_scale(projected, post_ple.weight, h, layer.layer_scalar, post_ple.eps)
 
 
 def _check() -> str | None:
