@@ -20,9 +20,12 @@ graph and reports microseconds and launches per layer at batch 1..512:
   ``sglang_gemma4.kernels`` that are importable (the JSON lists them): the
   next layer's input norm folded into this layer's last kernel
   (end_of_layer_norm), q/k/v norm + RoPE in one launch and Q only on
-  KV-shared layers (qkv_norm_rope), the MoE post-attention triple norm
-  (triple_rmsnorm), the PLE tail in three kernels (ple_tail). Ops without a
-  plugin kernel stay SGLang's stand-ins.
+  KV-shared layers (qkv_norm_rope), the post-attention norms in one launch
+  (triple_rmsnorm: the MoE triple norm, the dense/PLE norm + add + pre-FFN
+  norm), the PLE tail in three kernels (ple_tail). Ops without a plugin
+  kernel stay SGLang's stand-ins. Each of these is wired into the model by a
+  plugin patch (attention_prologue, triple_rmsnorm, post_attn_norm_add,
+  ple_tail, end_of_layer_norm).
 * ``torch_compile``: Inductor on the fp32 references of each stretch between
   GEMMs (qkv norm+RoPE; post-attention norm+add+norms; MLP activation; the
   layer tail with the next input norm), ``torch.compile`` defaults (static at
@@ -110,7 +113,7 @@ def load_plugin_kernels() -> tuple[dict[str, ModuleType], dict[str, str]]:
     wanted = {
         "end_of_layer_norm": ("dense_end_of_layer_norm", "moe_end_of_layer_norm", "ple_end_of_layer_norm"),
         "qkv_norm_rope": ("qkv_norm_rope",),
-        "triple_rmsnorm": ("post_attn_triple_rmsnorm",),
+        "triple_rmsnorm": ("post_attn_triple_rmsnorm", "post_attn_norm_add"),
         "ple_tail": ("rmsnorm_add", "gelu_tanh_mul", "rmsnorm_add_scale"),
     }
     found, missing = {}, {}
@@ -237,6 +240,8 @@ def plugin_layer(kernels: dict[str, ModuleType], k: LayerKind, t: LayerInputs) -
         so.kv_store(key, value, t.k_cache, t.v_cache, t.loc)
     if k.kind == "moe" and tri is not None:
         tri.post_attn_triple_rmsnorm(t.attn_out, t.h, t.w_post_attn, t.w_pre_ff, t.w_router, t.w_pre_ff_2, EPS, residual_out=t.h)
+    elif tri is not None:
+        tri.post_attn_norm_add(t.attn_out, t.h, t.w_post_attn, t.w_pre_ff, EPS, residual_out=t.h)
     else:
         ffn_in = so.rmsnorm(t.attn_out, t.w_post_attn, EPS)
         so.fused_add_rmsnorm(ffn_in, t.h, t.w_pre_ff, EPS)
