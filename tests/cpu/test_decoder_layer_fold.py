@@ -108,10 +108,15 @@ def test_fused_parity(plugin_table, monkeypatch, name):
     """Every layer but the last folds the next one's input norm, every next layer takes
     it; dense/PLE layers run the pair kernel; = SGLang without the three = transformers."""
     pair = harness.build_pair(name)
+    layers = pair.sglang.model.layers
+    norm_runs = [0] * len(layers)
+    for i, layer in enumerate(layers):
+        layer.input_layernorm.register_forward_pre_hook(lambda *_, i=i: norm_runs.__setitem__(i, norm_runs[i] + 1))
     with paths(monkeypatch) as calls:
         ours = _hidden(name, model=pair.sglang)
     n = n_layers(name)
     assert calls["leave"] == calls["take"] == n - 1, calls
+    assert norm_runs == [1] + [0] * (n - 1), "only the first layer runs its own input norm"
     assert calls["pair"] == (0 if name == "moe" else n), calls
     stock = _hidden(name, *OURS)
     reference = harness.hf_hidden(pair.hf, harness.prompt())
