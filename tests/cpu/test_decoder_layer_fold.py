@@ -10,6 +10,7 @@ without it every layer takes SGLang's launches.
 from __future__ import annotations
 
 import contextlib
+import types
 from collections import Counter
 from collections.abc import Iterator
 
