@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run on the GPU machine (torch + triton, no sglang), from the repo root:
-#   bash benchmarks/run_on_device.sh [test-path-or-expr] -- benchmark_a benchmark_b ...
+#   bash benchmarks/run_on_device.sh [test-path-or-expr] -- benchmark_a benchmark_b:--arg,value ...
 # GPU tests first, then each benchmark; all logs, JSON and plots go into one
 # tarball under $OUT (the device returns at most 8 files).
 set -u
@@ -16,9 +16,15 @@ python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', tr
 if [ ${#tests[@]} -gt 0 ]; then
   python3 -m pytest "${tests[@]}" -q -p no:cacheprovider 2>&1 | tee "$work/gpu_tests.log" | tail -25
 fi
-for b in "$@"; do
-  echo "=== $b"
-  timeout 420 python3 "benchmarks/$b.py" > "$work/$b.log" 2>&1
-  echo "exit $?"; tail -30 "$work/$b.log"
+# A benchmark may carry its arguments after a colon, comma-separated:
+#   benchmark_end_of_layer_norm:--no-sweep  benchmark_triple_rmsnorm:--mode,norm_add
+for spec in "$@"; do
+  b=${spec%%:*}
+  args=()
+  [ "$spec" != "$b" ] && IFS=, read -r -a args <<< "${spec#*:}"
+  log="$work/$(echo "$spec" | tr -c 'A-Za-z0-9_\n' '_').log"
+  echo "=== $spec"
+  timeout 420 python3 "benchmarks/$b.py" "${args[@]}" > "$log" 2>&1
+  echo "exit $?"; tail -30 "$log"
 done
 tar -C "$work" -cf "$final_out/results.tar" .
