@@ -11,16 +11,19 @@ Runs without sglang: the GPU machine has torch + triton only.
 from __future__ import annotations
 
 import datetime as _dt
+import itertools
 import json
 import os
 import statistics
 import sys
+import time
 from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+WARMUP_S = 0.02  # graph_us's warm-up replays, seconds
 
 
 def out_dir() -> Path:
@@ -85,9 +88,16 @@ def graph_us(
     with torch.cuda.graph(graph):
         for i in range(calls_per_graph):
             fns[i % len(fns)]()
-    for _ in range(3):
+    # Replay for WARMUP_S before timing: the GPU idled while the inputs were built
+    # and the code compiled, and a GPU back from idle may run slow at first, which
+    # would penalize whichever implementation a benchmark times first (a suspect
+    # for the ~1 us run-to-run spread seen at decode sizes).
+    warm_until = time.perf_counter() + WARMUP_S
+    for i in itertools.count():
         graph.replay()
-    torch.cuda.synchronize()
+        torch.cuda.synchronize()
+        if i >= 2 and time.perf_counter() >= warm_until:
+            break
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     times = []
     for _ in range(replays):

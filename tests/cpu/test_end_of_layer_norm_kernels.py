@@ -94,7 +94,8 @@ def test_row_strided_inputs():
     check_case(dataclasses.replace(case, args=tuple(args)))
 
 
-@pytest.mark.parametrize("rows_per_program,num_warps", [(1, 1), (4, 2), (16, 8)])
+# (1, 8): the many-rows launch's shape (one row per program, 8 warps) on a tiny row.
+@pytest.mark.parametrize("rows_per_program,num_warps", [(1, 1), (4, 2), (16, 8), (1, 8)])
 def test_launch_overrides_do_not_change_results(rows_per_program, num_warps):
     case = end_of_layer_case("moe", 17, 128, torch.bfloat16, seed=13)
     default = case.run()
@@ -104,10 +105,16 @@ def test_launch_overrides_do_not_change_results(rows_per_program, num_warps):
 
 
 def test_launch_config():
-    assert eol.launch_config(128) == (128, 16, 4)
-    assert eol.launch_config(1536) == (2048, 1, 8)
-    assert eol.launch_config(2816) == (4096, 1, 16)
-    assert eol.launch_config(5376) == (8192, 1, 32)
+    assert eol.launch_config(128, 1) == (128, 16, 4)
+    assert eol.launch_config(1536, 1) == (2048, 1, 8)
+    assert eol.launch_config(2816, 1) == (4096, 1, 16)
+    assert eol.launch_config(5376, 1) == (8192, 1, 32)
+    # From MANY_ROWS_MIN rows on, the measured widths take fewer warps; others keep theirs.
+    assert eol.launch_config(2816, eol.MANY_ROWS_MIN - 1) == (4096, 1, 16)
+    assert eol.launch_config(2816, eol.MANY_ROWS_MIN) == (4096, 1, 8)
+    assert eol.launch_config(2560, 16384) == (4096, 1, 8)
+    assert eol.launch_config(1536, 16384) == (2048, 1, 8)
+    assert eol.launch_config(5376, 16384) == (8192, 1, 32)
 
 
 def _unsupported(kind: str) -> dict[str, tuple]:

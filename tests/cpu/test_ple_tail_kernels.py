@@ -170,7 +170,7 @@ def test_norm_kernels_under_every_launch_kind(hidden: int, tokens: int, launch: 
 @pytest.mark.parametrize("n_cols", [1, 77, 128, 1001, 1536, 2560, 4096, 5376, MAX_FUSED_ROW])
 def test_norm_launch_table(n_cols: int) -> None:
     """Every width and batch gets a launch the kernels take, with a bounded register footprint."""
-    for n_rows in (1, 256, 512, 513, 2048, 2049, 8191, 8192, 100_000):
+    for n_rows in (1, 256, 512, 513, 2048, 2049, 8191, 8192, 16383, 16384, 100_000):
         launch = pt.norm_launch(n_cols, n_rows)
         pt._check_launch(launch)
         threads = 32 * launch.num_warps
@@ -179,7 +179,16 @@ def test_norm_launch_table(n_cols: int) -> None:
         else:
             assert launch.kernel == "looped" and launch.rows_per_program == 1 and launch.block <= 64 * threads
         # the looped kernel exactly where it was measured to win: many rows, wider than one chunk
-        assert (launch.kernel == "looped") == (n_rows >= pt.LOOPED_MIN_ROWS and n_cols > pt.LOOP_CHUNK)
+        assert (launch.kernel == "looped") == (n_rows >= pt.looped_min_rows(n_cols) and n_cols > pt.LOOP_CHUNK)
+
+
+def test_norm_launch_crossovers() -> None:
+    """Where the measured tables switch kernels: 1536-wide rows stay on row tiles up to
+    16383 rows (measured faster at 8192), 2560-wide and unmeasured widths loop from 8192."""
+    assert pt.norm_launch(1536, 8192) == pt.NormLaunch("row", 2048, 2, 4, stream_hints=True)
+    assert pt.norm_launch(1536, 16384).kernel == "looped"
+    assert pt.norm_launch(2560, 8191).kernel == "row" and pt.norm_launch(2560, 8192).kernel == "looped"
+    assert pt.looped_min_rows(4096) == pt.LOOPED_MIN_ROWS
 
 
 @pytest.mark.parametrize("n_cols", [1, 77, 256, 2048])

@@ -66,3 +66,10 @@ def test_cuda_graph_reads_scalar_on_device(kind):
     want_h, want_next = fresh.expected()
     torch.testing.assert_close(h.float(), want_h.float(), rtol=2**-7, atol=2**-7)
     torch.testing.assert_close(next_in.float(), want_next.float(), rtol=2**-7, atol=2**-7)
+
+
+@pytest.mark.parametrize("tokens", [1, 1000, 5000, 20000])
+@pytest.mark.parametrize("kind,hidden", [("ple", 1536), ("ple", 2560), ("moe", 2816), ("dense", 5376)])
+def test_launch_table_matches_reference(kind, hidden, tokens):
+    """Whatever launch_config picks at each size (the many-rows launch from 4096 rows) computes the reference."""
+    check_case(end_of_layer_case(kind, tokens, hidden, torch.bfloat16, seed=tokens, device="cuda"))

@@ -41,7 +41,8 @@ so this kernel normalizes the rounded ``h``, which is what SGLang computes with
 a separate launch. With fp32 activations every rounding is the identity.
 
 Traffic: one pass over each input row, two output rows written, weights from
-L2. One program holds ``ROWS`` whole rows in registers.
+L2. One program holds ``ROWS`` whole rows in registers; :func:`launch_config`
+picks rows and warps by row width and row count.
 
 Imports torch and triton only (the GPU benchmark machine has no sglang).
 """
@@ -150,8 +151,29 @@ class EndOfLayerLaunch(NamedTuple):
     num_warps: int
 
 
-def launch_config(hidden: int) -> EndOfLayerLaunch:
-    """How to launch the kernel for rows of ``hidden`` elements.
+# Measured on the H200 (torch 2.11, triton 3.6, bf16; benchmarks/sweep_end_of_layer_norm.py,
+# 2026-11-29, benchmarks/results/sweep_end_of_layer_norm.json; us per call under
+# CUDA-graph replay, copy bandwidth 4.22 TB/s). From 4096 rows on, 8 warps per
+# 4096-lane row (16 elements per thread, one program per SM) beat the 16 warps
+# of the few-rows rule:
+#   MoE 2816:     4096 rows 38.1-39.3 (16 warps 51.2; torch.compile 45.5),
+#                 16384 rows 139.2-139.5 (16 warps 192.1; compile 164.3);
+#   PLE E4B 2560: 4096 rows 24.7-26.1 (16 warps 28.2; compile 31.7).
+# E2B 1536 (4 warps 14.1 vs 8 warps 14.2 at 4096 rows) and dense 5376 (32 warps
+# 56.8-58.5, 16 warps 59.9; compile 50.4) keep the few-rows rule. Not measured
+# between 128 and 4096 rows nor at 8192. The sweep ran a helper-structured
+# build of this kernel (same operations; ptxas at 2816/8 warps: 139 registers
+# there, 140 here, no spills in either). Two "many rows" kernels were tried and
+# dropped, both 1.5-4x slower at 4096 rows in every shape: the row split into
+# exact power-of-two segments (2816 = 2048 + 512 + 256, no idle lanes) and one
+# row per program walked in chunks over several passes; in both, each segment
+# or chunk paid its own cross-warp reduction per norm.
+MANY_ROWS_MIN = 4096
+MANY_ROWS_WARPS = {2560: 8, 2816: 8}
+
+
+def launch_config(hidden: int, n_rows: int) -> EndOfLayerLaunch:
+    """How to launch the kernel for ``n_rows`` rows of ``hidden`` elements.
 
     A whole row lives in registers (``block_h`` is ``hidden`` rounded up to a
     power of two). Narrow rows go several to a program so each program moves a
@@ -159,13 +181,18 @@ def launch_config(hidden: int) -> EndOfLayerLaunch:
     holds 8 elements of each live row: ptxas (sm_90, triton 3.8) then assigns
     46-75 registers and spills nothing at Gemma-4's widths (MoE at 2816: 75;
     dense at 5376: 46; PLE at 1536/2560: 57/51), where 4-8 warps needed
-    140-255 and spilled.
+    140-255 (MoE at 8 warps: 140, no spill). From ``MANY_ROWS_MIN`` rows on, the widths in
+    ``MANY_ROWS_WARPS`` take that many warps instead (measured faster there,
+    see above).
     """
     block_h = triton.next_power_of_2(hidden)
+    num_warps = min(32, max(4, block_h // 256))
+    if n_rows >= MANY_ROWS_MIN:
+        num_warps = MANY_ROWS_WARPS.get(hidden, num_warps)
     return EndOfLayerLaunch(
         block_h=block_h,
         rows_per_program=max(1, min(16, 2048 // block_h)),
-        num_warps=min(32, max(4, block_h // 256)),
+        num_warps=num_warps,
     )
 
 
@@ -292,7 +319,7 @@ def _launch(
     n_rows, hidden = x.shape
     if n_rows == 0:
         return out, next_in
-    config = launch_config(hidden)
+    config = launch_config(hidden, n_rows)
     rows = rows_per_program or config.rows_per_program
     if rows & (rows - 1):
         raise ValueError(f"rows_per_program must be a power of two, got {rows}")

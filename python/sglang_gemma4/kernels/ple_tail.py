@@ -314,7 +314,8 @@ def _require(problem: str | None) -> None:
 # --------------------------------------------------------------------------- launch configs
 #
 # Chosen on the H200 (torch 2.11, triton 3.6; benchmarks/sweep_ple_tail.py,
-# 2026-11-29, results in benchmarks/results/sweep_ple_tail.json): every
+# 2026-11-29, results in benchmarks/results/sweep_ple_tail.json as of commit
+# ed89414; the file now holds the second sweep below): every
 # candidate of each kernel timed alone under CUDA-graph replay, bf16, hidden
 # 1536 (E2B) and 2560 (E4B), per_layer_dim 256; copy bandwidth 4.16 TB/s.
 #
@@ -326,7 +327,7 @@ def _require(problem: str | None) -> None:
 #   96.9 -> 65.6, 1536 x 4096 15.7 -> 10.7; gelu_tanh_mul 16384 rows 8.0 -> 7.3;
 #   decode sizes -0.1..0.6 per kernel. It now runs under the interpreter only.
 # * Norms, >= 8192 rows: one row per program, 1024 columns at a time (the
-#   looped kernel, 4 warps, 8 elements per thread, no idle lanes) reaches
+#   looped kernel, 4 warps, 8 elements per thread) reaches
 #   96-98% of copy bandwidth: 1536 x 16384 37.9 us (old 46.2, best one-row-
 #   per-program tile 38.9), 2560 x 16384 61.6 (old 80.3). At 4096 rows it
 #   loses to row tiles by 3-8%; the switch sits between.
@@ -352,6 +353,23 @@ def _require(problem: str | None) -> None:
 #   stay in L2 across replays. In the model these inputs are freshly written
 #   and dead after the read, so at those sizes the hints would neither help
 #   nor hurt. Hence: on for the row tiles and gelu above 2048 rows only.
+#
+# A second sweep (same machine and versions, 2026-11-29, with a 20 ms warm-up
+# before timing; copy bandwidth 4.18 TB/s) at 2048-8192 rows:
+#
+# * Norms at 1536 x 8192: two rows per program, 4 warps, hints, 18.1-18.2 us
+#   per kernel (99% of copy) against the looped kernel's 20.05 (19.35 with
+#   hints); the tail 42.4 us against 43.6 with the looped norms. So 1536 wide
+#   rows take the row tiles up to 16383 rows, the looped kernel from 16384
+#   (measured faster there in the first sweep). At 2560 x 8192 the looped
+#   kernel and the best row tile tie (31.8 vs 31.5): unchanged.
+# * Tails with the table (us, alternating with torch.compile, two timings
+#   each): 1536 x 4096 22.1-22.3 (compile 26.5), 2560 x 4096 35.7 (44.4),
+#   1536 x 8192 43.6 (52.3), 2560 x 8192 68.0-69.0 (84.0).
+# * gelu_tanh_mul at 4096 rows timed alone ran faster without hints (2.40 us
+#   vs 3.23), but its 8 rotated input sets (6 MB each) fit in L2 together; in
+#   the tail (2 sets, not L2-resident) the hint-less tiles gained nothing
+#   (22.3 vs 22.1-22.3 us): unchanged.
 #
 # ptxas issues the loads of the second activation and the weight only after
 # the row's sum of squares has its x (seen in the SASS for every tile shape),
@@ -391,6 +409,7 @@ _NORM_TABLE: dict[int, tuple[tuple[int, NormLaunch], ...]] = {
         (512, NormLaunch("row", 2048, 1, 8)),
         (2048, NormLaunch("row", 2048, 4, 16)),
         (8191, NormLaunch("row", 2048, 2, 8, stream_hints=True)),
+        (16383, NormLaunch("row", 2048, 2, 4, stream_hints=True)),
     ),
     2560: (
         (512, NormLaunch("row", 4096, 1, 8)),
@@ -402,16 +421,24 @@ LOOPED_MIN_ROWS = 8192
 LOOP_CHUNK = 1024
 
 
+def looped_min_rows(n_cols: int) -> int:
+    """From how many rows the looped kernel runs: past the width's measured
+    table, else ``LOOPED_MIN_ROWS``."""
+    table = _NORM_TABLE.get(n_cols)
+    return table[-1][0] + 1 if table else LOOPED_MIN_ROWS
+
+
 def norm_launch(n_cols: int, n_rows: int) -> NormLaunch:
     """The norm kernels' launch for ``n_rows`` rows of ``n_cols`` elements.
 
-    Many rows of more than ``LOOP_CHUNK`` elements: the looped kernel. Else the
-    measured table for hidden 1536/2560, and for other widths (not measured)
-    the same buckets at 16 elements per thread: one row per program up to 512
+    Many rows (from :func:`looped_min_rows`) of more than ``LOOP_CHUNK``
+    elements: the looped kernel. Else the measured table for hidden 1536/2560,
+    and for other widths (not measured) the same buckets at 16 elements per
+    thread: one row per program up to 512
     rows, four up to 2048, two above (at most 16384 elements per program).
     Eviction hints only for the row tiles above 2048 rows.
     """
-    if n_rows >= LOOPED_MIN_ROWS and n_cols > LOOP_CHUNK:
+    if n_rows >= looped_min_rows(n_cols) and n_cols > LOOP_CHUNK:
         return NormLaunch("looped", LOOP_CHUNK, 1, LOOP_CHUNK // 256)
     for max_rows, launch in _NORM_TABLE.get(n_cols, ()):
         if n_rows <= max_rows:

@@ -1,0 +1,267 @@
+"""Sweep the launch shapes of the end-of-layer kernel (sglang_gemma4.kernels.end_of_layer_norm).
+
+For each layer kind at its Gemma-4 width (MoE 2816, dense 5376, PLE 1536 and
+2560) and each token count, every candidate launch (rows per program, warps;
+whole rows padded to a power of two in registers) is checked against the fp32
+reference (outputs poisoned first), then timed under CUDA-graph replay
+(benchmarks/harness.py: median us per call over rotated input sets); the
+fastest is timed again (the spread of one config). Baselines from
+benchmarks/benchmark_end_of_layer_norm.py: ``torch_compile`` of the fp32
+reference (one static-shape compilation per shape) and the floor (minimal
+bytes / measured copy bandwidth). ``table`` marks the module's launch_config.
+
+Run on the GPU machine (torch + triton + CUDA, no sglang)::
+
+    PYTHONPATH=python python3 benchmarks/sweep_end_of_layer_norm.py
+
+writes ``$OUT/sweep_end_of_layer_norm.json`` after every shape and prints, per
+shape, the fastest candidate, launch_config's and compile's times. Triton
+kernels and the Inductor graphs are compiled first in parallel processes
+(``--workers``); Inductor's chosen configs are not cached, so the timed process
+autotunes its compiled references itself, on an idle GPU. ``--dry-run`` (with
+``TRITON_INTERPRET=1``) runs every candidate once on tiny CPU shapes, checks
+only, to catch broken configs before spending device time.
+
+The committed results/sweep_end_of_layer_norm.json also holds two kernel
+variants tried then and removed since (see its notes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import sys
+import time
+import traceback
+from concurrent.futures import ProcessPoolExecutor
+from functools import partial
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import benchmark_end_of_layer_norm as bench  # noqa: E402
+import harness  # noqa: E402
+
+from sglang_gemma4.kernels import end_of_layer_norm as eol  # noqa: E402
+
+MODELS = ("26B-A4B", "31B", "E2B", "E4B")
+# Most telling first, in case the time budget runs out.
+TOKENS = [4096, 16384, 8192, 2048, 512, 1024, 256, 1, 8, 32, 128]
+DRY_RUN = {"models": {"26B-A4B": ("moe", 160), "31B": ("dense", 336), "E2B": ("ple", 96)}, "tokens": [1, 20]}
+
+
+def candidates(hidden: int, tokens: int) -> list[eol.EndOfLayerLaunch]:
+    """launch_config's few-rows launch, then 1-4 rows per program (no more than
+    tokens, at most 2 under 256 tokens) at 4-16 elements per thread per live row."""
+    block = eol.launch_config(hidden, 1).block_h
+    out = [eol.launch_config(hidden, 1)]
+    for rows in (1, 2, 4):
+        if rows > 1 and (rows > tokens or (tokens < 256 and rows > 2)):
+            break
+        for warps in (2, 4, 8, 16, 32):
+            launch = eol.EndOfLayerLaunch(block, rows, warps)
+            if 4 <= block * rows / (32 * warps) <= 16 and launch not in out:
+                out.append(launch)
+    return out
+
+
+def describe(launch: eol.EndOfLayerLaunch) -> str:
+    return f"row:{launch.block_h}:r{launch.rows_per_program}:w{launch.num_warps}"
+
+
+def run(kind: str, t: bench.EndInputs, launch: eol.EndOfLayerLaunch) -> tuple[torch.Tensor, torch.Tensor]:
+    fused = bench.FUSED[kind]
+    return fused(*t.args, bench.EPS, rows_per_program=launch.rows_per_program, num_warps=launch.num_warps)
+
+
+def check(kind: str, t: bench.EndInputs, launch: eol.EndOfLayerLaunch) -> dict:
+    """Poison the blocks the outputs will get, run once, compare with the fp32 reference."""
+    want = bench.REFERENCE[kind](*t.args, bench.EPS)
+    poison = [torch.full_like(w, float("nan")) for w in want]
+    del poison  # freed: the outputs reuse the blocks
+    got = run(kind, t, launch)
+    unwritten = sum(int(g.isnan().sum().item()) for g in got)
+    worst = 0.0
+    for g, w in zip(got, want):
+        scale = w.float().pow(2).mean(dim=-1, keepdim=True).sqrt() + w.float().abs() + torch.finfo(w.dtype).tiny
+        worst = max(worst, float(((g.float() - w.float()).abs() / scale).max().item()))
+    share = max(float((g != w).float().mean().item()) for g, w in zip(got, want))
+    return {"unwritten": unwritten, "max_rel_diff": worst, "mismatch_frac": share}
+
+
+def check_ok(c: dict) -> bool:
+    # within two bf16 ulps (2 * 2**-7) of the element plus its row's rms, on few
+    # elements (the bound of tests/end_of_layer_norm_checks.py)
+    return c.get("unwritten") == 0 and c["max_rel_diff"] <= 2.0**-6 and c["mismatch_frac"] <= 0.01
+
+
+# --------------------------------------------------------------------------- precompile
+
+
+def _configure_inductor() -> None:
+    bench.allow_one_compile_per_shape()
+    # The timed process must pick Inductor's kernel configs itself, on an idle
+    # GPU: not cached from the precompile processes, which shared the GPU.
+    import torch._inductor.config as inductor_config
+
+    if hasattr(inductor_config, "autotune_local_cache"):
+        inductor_config.autotune_local_cache = False
+
+
+def all_jobs(models: list[str], tokens_list: list[int]) -> list[tuple]:
+    jobs: set[tuple] = set()
+    for model in models:
+        kind, hidden = bench.MODELS[model]
+        for tokens in tokens_list:
+            jobs.add(("compile", model, tokens, None))
+            # Triton specializes the row count on == 1 and on divisibility by 16: one stand-in per class.
+            rows_class = 1 if tokens == 1 else 16 if tokens % 16 == 0 else 17
+            for launch in candidates(hidden, tokens) + [eol.launch_config(hidden, tokens)]:
+                jobs.add(("triton", model, rows_class, launch))
+    # Inductor first: it takes longest per job.
+    return sorted(jobs, key=lambda j: (j[0] != "compile", repr(j)))
+
+
+def compile_jobs(jobs: list[tuple]) -> int:
+    """Fill Triton's and Inductor's on-disk caches (each Triton job at a row count
+    of the same specialization class as the sizes it stands for)."""
+    _configure_inductor()
+    failed = 0
+    for what, model, tokens, launch in jobs:
+        kind, hidden = bench.MODELS[model]
+        try:
+            t = bench.EndInputs(kind, tokens, hidden, seed=0)
+            if what == "compile":
+                torch.compile(bench.REFERENCE[kind], dynamic=False)(*t.args, bench.EPS)
+            else:
+                run(kind, t, launch)
+        except Exception:
+            failed += 1
+            traceback.print_exc()
+    torch.cuda.synchronize()
+    return failed
+
+
+def precompile(jobs: list[tuple], workers: int) -> None:
+    chunks = [jobs[i::workers] for i in range(workers)]
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        failed = sum(pool.map(compile_jobs, chunks))
+    print(f"precompiled {len(jobs)} jobs in {workers} processes ({failed} failed)", flush=True)
+
+
+# --------------------------------------------------------------------------- sweep
+
+
+def sweep_shape(model: str, tokens: int, copy_bw: float, dry_run: bool) -> list[dict]:
+    kind, hidden = DRY_RUN["models"][model] if dry_run else bench.MODELS[model]
+    nbytes = bench.minimal_bytes(kind, tokens, hidden)
+    sets = [bench.EndInputs(kind, tokens, hidden, seed=i) for i in range(1 if dry_run else harness.input_sets(nbytes))]
+    floor_us = nbytes / (copy_bw * 1e12) * 1e6
+    replays = 20 if tokens >= 4096 else 50
+    base = {"model": model, "layer": kind, "hidden": hidden, "tokens": tokens, "floor_us": round(floor_us, 3)}
+    rows = []
+
+    def record(tag: str, config: str, us: float, extra: dict) -> None:
+        rows.append({**base, "tag": tag, "config": config, "us": round(us, 3),
+                     "copy_pct": round(100 * floor_us / us, 1) if us == us else float("nan"), **extra})
+
+    table = eol.launch_config(hidden, tokens)
+    launches = candidates(hidden, tokens)
+    for launch in launches + ([] if table in launches else [table]):
+        tag = "table" if launch == table else "candidate"
+        try:
+            c = check(kind, sets[0], launch)
+            ok = check_ok(c)
+            us = float("nan") if dry_run or not ok else harness.graph_us(
+                [partial(run, kind, s, launch) for s in sets], replays=replays)
+        except Exception as e:  # a config that does not compile or launch: record it, go on
+            c, ok, us = {"error": f"{type(e).__name__}: {e}"[:300]}, False, float("nan")
+        if not ok:
+            print(f"  CHECK FAILED {model} {tokens} {describe(launch)}: {c}", flush=True)
+        record(tag, describe(launch), us, {"launch": launch._asdict(), **c})
+    if not dry_run:
+        compiled = torch.compile(bench.REFERENCE[kind], dynamic=False)
+        us = harness.graph_us([partial(lambda t: compiled(*t.args, bench.EPS), s) for s in sets], replays=replays)
+        record("torch_compile", "inductor", us, {})
+        # the fastest candidate again: the spread of one config between two timings
+        timed = [r for r in rows if r["tag"] in ("candidate", "table") and r["us"] == r["us"]]
+        if timed:
+            best = min(timed, key=lambda r: r["us"])
+            launch = eol.EndOfLayerLaunch(**best["launch"])
+            us = harness.graph_us([partial(run, kind, s, launch) for s in sets], replays=replays)
+            record("repeat", best["config"], us, {"launch": launch._asdict()})
+    return rows
+
+
+def summary(rows: list[dict]) -> list[dict]:
+    out = []
+    for (model, tokens), group in harness.impls_by_size(
+        [{**r, "impl": f"{r['tag']}:{r['config']}"} for r in rows], "model", "tokens"
+    ):
+        cands = sorted((r for r in group.values() if r["tag"] in ("candidate", "table") and r["us"] == r["us"]),
+                       key=lambda r: r["us"])
+        table = next((r for r in group.values() if r["tag"] == "table"), {"us": float("nan"), "config": "-"})
+        comp = next((r["us"] for r in group.values() if r["tag"] == "torch_compile"), float("nan"))
+        floor = next(iter(group.values()))["floor_us"]
+        best = cands[0] if cands else {"us": float("nan"), "config": "-"}
+        out.append({
+            "model": model, "tokens": tokens, "best_us": best["us"], "best": best["config"],
+            "table_us": table["us"], "table": table["config"], "compile_us": comp, "floor_us": floor,
+            "best_pct": round(100 * floor / best["us"], 1) if best["us"] == best["us"] else float("nan"),
+        })
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tokens", type=int, nargs="*")
+    parser.add_argument("--models", nargs="*", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--budget-s", type=float, default=200.0, help="skip the shapes left after this long")
+    parser.add_argument("--workers", type=int, default=min(12, (os.cpu_count() or 2) - 1), help="compile processes")
+    parser.add_argument("--wait-for", type=Path, help="before timing, wait until this file exists (GPU tests done)")
+    parser.add_argument("--dry-run", action="store_true")
+    args = parser.parse_args()
+    if args.dry_run:
+        if os.environ.get("TRITON_INTERPRET") != "1":
+            sys.exit("--dry-run needs TRITON_INTERPRET=1")
+        bench.DEVICE = "cpu"
+        args.models = list(DRY_RUN["models"])
+    tokens_list = args.tokens or (DRY_RUN["tokens"] if args.dry_run else TOKENS)
+
+    started = time.perf_counter()
+    if not args.dry_run:
+        _configure_inductor()
+        if args.workers > 0:
+            precompile(all_jobs(args.models, tokens_list), args.workers)
+        print(f"[{time.perf_counter() - started:6.1f}s] precompiled", flush=True)
+        while args.wait_for and not args.wait_for.exists():
+            time.sleep(1)
+        print(f"[{time.perf_counter() - started:6.1f}s] timing", flush=True)
+    copy_bw = 4.2 if args.dry_run else harness.copy_bandwidth_TBps()
+    print(f"copy bandwidth {copy_bw:.2f} TB/s", flush=True)
+    rows: list[dict] = []
+    for tokens in tokens_list:
+        for model in args.models:
+            if time.perf_counter() - started > args.budget_s:
+                print(f"budget spent: skipping {model} tokens={tokens}", flush=True)
+                continue
+            rows += sweep_shape(model, tokens, copy_bw, args.dry_run)
+            if not args.dry_run:  # after every shape, so a run cut short keeps what it measured
+                doc = {"benchmark": "sweep_end_of_layer_norm", **harness.environment(),
+                       "copy_bandwidth_TBps": round(copy_bw, 3), "dtype": "bfloat16", "rows": rows}
+                (harness.out_dir() / "sweep_end_of_layer_norm.json").write_text(json.dumps(doc, indent=1) + "\n")
+            print(f"[{time.perf_counter() - started:6.1f}s] {model} tokens={tokens} done", flush=True)
+    checked = [r for r in rows if r["tag"] in ("candidate", "table")]
+    failed = sum(not check_ok(r) for r in checked)
+    print(f"{len(checked)} configs run, {failed} failed their check ({time.perf_counter() - started:.0f}s)")
+    if not args.dry_run:
+        harness.print_table(summary(rows), ["model", "tokens", "best_us", "best", "table_us", "table", "compile_us",
+                                            "floor_us", "best_pct"])
+
+
+if __name__ == "__main__":
+    main()
