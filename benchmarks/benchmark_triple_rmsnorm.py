@@ -23,13 +23,17 @@ Implementations (``impl`` in the JSON rows):
 * ``eager``: the reference as plain PyTorch ops.
 * ``floor``: minimal bytes / measured copy bandwidth.
 
+``--mode norm_add``: the 2-output mode of dense and PLE layers (31B, E2B,
+E4B), ``(r, dense_in)`` of :func:`post_attn_norm_add`, against SGLang's two
+launches (rmsnorm; fused_add_rmsnorm) and Inductor on its reference; written
+to ``triple_rmsnorm_norm_add.json`` (same format).
+
 Run on the GPU machine (torch + triton + CUDA, no sglang)::
 
-    PYTHONPATH=python python3 benchmarks/benchmark_triple_rmsnorm.py
+    PYTHONPATH=python python3 benchmarks/benchmark_triple_rmsnorm.py [--mode norm_add]
 
-``--no-sweep`` skips the launch-configuration sweep of the fused kernel (row
-kernel x warps, chunked kernel x chunk width, at a few token counts), recorded
-under ``launch_sweep`` in the JSON.
+The fused kernel's launch configurations are swept by
+benchmarks/sweep_triple_rmsnorm.py (which reuses this file's implementations).
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ import sys
 import time
 from functools import partial
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 import triton
@@ -52,9 +56,12 @@ import harness  # noqa: E402
 from sglang_gemma4.kernels import triple_rmsnorm as tr  # noqa: E402
 
 MODELS = {"26B-A4B": 2816, "31B-width": 5376}  # the 31B is dense; its row width tests the wide case
+NORM_ADD_MODELS = {"E2B": 1536, "E4B": 2560, "31B": 5376}  # dense and PLE layers: (r, dense_in)
 TOKENS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 8192, 16384]
 DTYPE = torch.bfloat16
 EPS = 1e-6
+# CPU only for the sweep's dry run under TRITON_INTERPRET=1.
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 IMPLS = ("fused", "sglang", "plain_rmsnorm", "torch_compile", "eager")
 
 # Issue 8's targets.
@@ -62,10 +69,6 @@ PLAIN_RATIO_MAX, PLAIN_TOKENS_MAX = 1.3, 32
 SPEEDUP_SMALL_MIN, SMALL_TOKENS_MAX = 2.5, 128
 SPEEDUP_ALL_MIN = 1.5
 COPY_FRACTION_MIN, LARGE_TOKENS_MIN = 0.90, 4096
-
-SWEEP_TOKENS = [1, 4, 16, 32, 64, 128, 256, 512, 1024, 4096, 16384]
-SWEEP_ROW_WARPS = [4, 8, 16, 32]
-SWEEP_CHUNKS = [(512, 2), (512, 4), (1024, 4), (1024, 8), (2048, 8), (2048, 16)]  # (columns per chunk, warps)
 
 
 @triton.jit
@@ -93,12 +96,18 @@ def _fused_add_rmsnorm_kernel(x_ptr, res_ptr, w_ptr, n_cols, eps, BLOCK: tl.cons
     tl.store(x_ptr + offs, (s * inv_rms * w).to(x_ptr.dtype.element_ty), mask=mask)
 
 
+def stand_in_warps(block: int) -> int:
+    """Warps of the single-op stand-ins: 8 elements per thread (a 16-byte bf16
+    vector), 4 to 32 warps. Fixed, so that the yardsticks do not move when the
+    fused kernel's launch table does (it is the fused row kernel's first rule)."""
+    return max(4, min(32, block // (32 * 8)))
+
+
 def sglang_rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """Stand-in for sgl_kernel.rmsnorm: ``round(x * rsqrt(mean(x^2) + eps) * w)``, one launch."""
     out = torch.empty_like(x)
     block = triton.next_power_of_2(x.shape[1])
-    num_warps = tr.launch_config(x.shape[1], 1).num_warps  # the row kernel's warps
-    _rmsnorm_kernel[(x.shape[0],)](x, weight, out, x.shape[1], eps, BLOCK=block, num_warps=num_warps)
+    _rmsnorm_kernel[(x.shape[0],)](x, weight, out, x.shape[1], eps, BLOCK=block, num_warps=stand_in_warps(block))
     return out
 
 
@@ -106,18 +115,19 @@ def sglang_fused_add_rmsnorm(x: torch.Tensor, residual: torch.Tensor, weight: to
     """Stand-in for sgl_kernel.fused_add_rmsnorm: ``s = x + residual`` in fp32,
     ``residual = round(s)``, ``x = round(rmsnorm(s, w))``, in place, one launch."""
     block = triton.next_power_of_2(x.shape[1])
-    num_warps = tr.launch_config(x.shape[1], 1).num_warps  # the row kernel's warps
-    _fused_add_rmsnorm_kernel[(x.shape[0],)](x, residual, weight, x.shape[1], eps, BLOCK=block, num_warps=num_warps)
+    _fused_add_rmsnorm_kernel[(x.shape[0],)](
+        x, residual, weight, x.shape[1], eps, BLOCK=block, num_warps=stand_in_warps(block)
+    )
 
 
 class NormInputs:
     """One input set: attention output, residual and the four weights (bf16)."""
 
     def __init__(self, tokens: int, hidden: int, seed: int) -> None:
-        gen = torch.Generator(device="cuda").manual_seed(seed)
+        gen = torch.Generator(device=DEVICE).manual_seed(seed)
 
         def randn(*shape: int, scale: float = 1.0) -> torch.Tensor:
-            return (scale * torch.randn(*shape, device="cuda", generator=gen)).to(DTYPE)
+            return (scale * torch.randn(*shape, device=DEVICE, generator=gen)).to(DTYPE)
 
         self.attn_out = randn(tokens, hidden)
         self.residual = randn(tokens, hidden)
@@ -137,9 +147,10 @@ class NormInputs:
         return other
 
 
-def minimal_bytes(tokens: int, hidden: int) -> int:
-    """attn_out and residual read once, r and the three normalized rows written once, four weights."""
-    return (6 * tokens * hidden + 4 * hidden) * DTYPE.itemsize
+def minimal_bytes(tokens: int, hidden: int, outputs: int = 4) -> int:
+    """attn_out and residual read once, ``outputs`` rows written once (r and the
+    normalized rows), one weight per output."""
+    return ((2 + outputs) * tokens * hidden + outputs * hidden) * DTYPE.itemsize
 
 
 def plain_rmsnorm_bytes(tokens: int, hidden: int) -> int:
@@ -158,6 +169,26 @@ def sglang_sequence(t: NormInputs) -> tuple[torch.Tensor, ...]:
     return t.residual, hidden, router_in, moe_in
 
 
+def fused_norm_add(t: NormInputs, launch: tr.TripleNormLaunch | None = None) -> tuple[torch.Tensor, ...]:
+    return tr.post_attn_norm_add(t.attn_out, t.residual, t.w_post_attn, t.w_pre_ff, EPS, residual_out=t.residual, launch=launch)
+
+
+def sglang_norm_add_sequence(t: NormInputs) -> tuple[torch.Tensor, ...]:
+    hidden = sglang_rmsnorm(t.attn_out, t.w_post_attn, EPS)  # post_attention_layernorm
+    sglang_fused_add_rmsnorm(hidden, t.residual, t.w_pre_ff, EPS)  # pre_feedforward_layernorm
+    return t.residual, hidden
+
+
+def eager_norm_add_reference(t: NormInputs) -> tuple[torch.Tensor, ...]:
+    return tr.post_attn_norm_add_reference(t.attn_out, t.residual, t.w_post_attn, t.w_pre_ff, EPS)
+
+
+def compiled_norm_add_reference() -> Callable[[NormInputs], tuple[torch.Tensor, ...]]:
+    """A fresh static-shape Inductor compilation of the 2-output reference."""
+    compiled = torch.compile(tr.post_attn_norm_add_reference, dynamic=False)
+    return lambda t: compiled(t.attn_out, t.residual, t.w_post_attn, t.w_pre_ff, EPS)
+
+
 def plain_rmsnorm(t: NormInputs) -> torch.Tensor:
     return sglang_rmsnorm(t.attn_out, t.w_post_attn, EPS)
 
@@ -172,6 +203,29 @@ def compiled_reference() -> Callable[[NormInputs], tuple[torch.Tensor, ...]]:
     return lambda t: compiled(t.attn_out, t.residual, *t.weights, EPS)
 
 
+class Mode(NamedTuple):
+    """One of the kernel's two modes: its op name, outputs, and implementations."""
+
+    op: str
+    outputs: int
+    models: dict[str, int]
+    fused: Callable[..., tuple[torch.Tensor, ...]]
+    sglang: Callable[[NormInputs], tuple[torch.Tensor, ...]]
+    eager: Callable[[NormInputs], tuple[torch.Tensor, ...]]
+    compiled: Callable[[], Callable[[NormInputs], tuple[torch.Tensor, ...]]]
+
+
+MODES = {
+    "triple": Mode(
+        "triple_rmsnorm", 4, MODELS, fused, sglang_sequence, eager_reference, compiled_reference
+    ),
+    "norm_add": Mode(
+        "post_attn_norm_add", 2, NORM_ADD_MODELS, fused_norm_add, sglang_norm_add_sequence,
+        eager_norm_add_reference, compiled_norm_add_reference,
+    ),
+}
+
+
 def allow_one_compile_per_shape() -> None:
     # 14 token counts x 2 widths recompile the reference; the default limit (8)
     # would silently fall back to eager after the eighth shape.
@@ -180,12 +234,12 @@ def allow_one_compile_per_shape() -> None:
             setattr(torch._dynamo.config, name, 256)
 
 
-def check_outputs_agree(t: NormInputs, impls: dict[str, Callable]) -> None:
+def check_outputs_agree(t: NormInputs, impls: dict[str, Callable], want: Callable = None) -> None:
     """Every implementation computes the reference's four outputs (to two bf16
     roundings: Inductor sums the squares in another order, which moves a handful
     of elements per million by one ulp, sometimes a second rounding later) before
     it is timed; in-place ones on a copy of the residual."""
-    want = eager_reference(t)
+    want = (want or eager_reference)(t)
     for name, fn in impls.items():
         got = fn(t.fresh())
         for label, g, w in zip(("r", "dense_in", "router_in", "moe_in"), got, want):
@@ -194,13 +248,15 @@ def check_outputs_agree(t: NormInputs, impls: dict[str, Callable]) -> None:
             )
 
 
-def measure(model: str, hidden: int, tokens: int, compiled: Callable, copy_bw: float) -> list[dict]:
-    nbytes = minimal_bytes(tokens, hidden)
+def measure(
+    model: str, hidden: int, tokens: int, compiled: Callable, copy_bw: float, mode: Mode = MODES["triple"]
+) -> list[dict]:
+    nbytes = minimal_bytes(tokens, hidden, mode.outputs)
     sets = [NormInputs(tokens, hidden, seed=i) for i in range(harness.input_sets(nbytes))]
-    impls = {"fused": fused, "sglang": sglang_sequence, "torch_compile": compiled, "eager": eager_reference}
-    check_outputs_agree(sets[0], impls)
+    impls = {"fused": mode.fused, "sglang": mode.sglang, "torch_compile": compiled, "eager": mode.eager}
+    check_outputs_agree(sets[0], impls, mode.eager)
     impls["plain_rmsnorm"] = plain_rmsnorm
-    base = {"op": "triple_rmsnorm", "model": model, "hidden": hidden, "tokens": tokens}
+    base = {"op": mode.op, "model": model, "hidden": hidden, "tokens": tokens}
     rows = []
     for name in IMPLS:
         fn = impls[name]
@@ -211,41 +267,6 @@ def measure(model: str, hidden: int, tokens: int, compiled: Callable, copy_bw: f
     floor_us = nbytes / (copy_bw * 1e12) * 1e6
     rows.append({**base, "impl": "floor", "us": round(floor_us, 3), "launches": 0, "bytes": nbytes})
     return rows
-
-
-def sweep(model: str, hidden: int, tokens: int, copy_bw: float) -> list[dict]:
-    """The fused kernel under other launch configurations than launch_config's:
-    the row kernel with more or fewer warps, the chunked kernel with other
-    chunk widths; at every size, so that the crossover shows."""
-    nbytes = minimal_bytes(tokens, hidden)
-    sets = [NormInputs(tokens, hidden, seed=i) for i in range(harness.input_sets(nbytes))]
-    default = tr.launch_config(hidden, tokens)
-    row = tr.launch_config(hidden, 1)
-    configs = {row._replace(num_warps=w) for w in SWEEP_ROW_WARPS}
-    configs |= {tr.TripleNormLaunch("chunked", chunk, 1, w) for chunk, w in SWEEP_CHUNKS}
-    configs.add(default)
-    out = []
-    for launch in sorted(configs):
-        us = harness.graph_us([partial(fused, s, launch) for s in sets])
-        out.append({
-            "model": model, "hidden": hidden, "tokens": tokens, **launch._asdict(),
-            "is_default": launch == default,
-            "us": round(us, 3), "copy_pct": round(100 * nbytes / (copy_bw * 1e12) * 1e6 / us, 1),
-        })
-    return out
-
-
-def best_launches(swept: list[dict]) -> list[dict]:
-    """Per (hidden, tokens): the fastest configuration of the sweep and the default's time."""
-    by_size: dict[tuple, list[dict]] = {}
-    for r in swept:
-        by_size.setdefault((r["hidden"], r["tokens"]), []).append(r)
-    out = []
-    for (hidden, tokens), runs in sorted(by_size.items()):
-        best = min(runs, key=lambda r: r["us"])
-        default = next(r for r in runs if r["is_default"])
-        out.append({**best, "default_us": default["us"]})
-    return out
 
 
 def summarize(rows: list[dict]) -> list[dict]:
@@ -280,20 +301,24 @@ def summarize(rows: list[dict]) -> list[dict]:
     return table
 
 
-def _extra(models: list[str], swept: list[dict]) -> dict:
+def _extra(mode: Mode, models: list[str]) -> dict:
     extra = {
         "dtype": "bfloat16",
         "notes": {
             "scope": "post_attention_layernorm, the residual add, pre_feedforward_layernorm, the router's norm "
-            "(scale folded into its weight) and pre_feedforward_layernorm_2 of a Gemma-4 MoE layer",
-            "sglang_emulation": "SGLang 0.5.23's 4 launches (sgl_kernel/FlashInfer rmsnorm, fused_add_rmsnorm "
-            "in place, rmsnorm, rmsnorm; not installed here) emulated by single-op Triton kernels of this "
-            "benchmark, one launch each, with the fused kernel's warps per row width",
+            "(scale folded into its weight) and pre_feedforward_layernorm_2 of a Gemma-4 MoE layer"
+            if mode.outputs == 4
+            else "post_attention_layernorm, the residual add and pre_feedforward_layernorm of a Gemma-4 dense "
+            "or PLE layer (r, dense_in)",
+            "sglang_emulation": "SGLang 0.5.23's launches (sgl_kernel/FlashInfer rmsnorm, fused_add_rmsnorm "
+            "in place, then for the MoE layer rmsnorm, rmsnorm; not installed here) emulated by single-op "
+            "Triton kernels of this benchmark, one launch each, 8 elements per thread (4-32 warps)",
             "plain_rmsnorm": "one emulated rmsnorm launch of the same [tokens, hidden]; bytes = its own traffic",
             "torch_compile": "torch.compile(dynamic=False) of the fp32 reference with SGLang's rounding points, "
             "one compilation per shape",
             "fused": "r written into the residual in place, as fused_add_rmsnorm does",
-            "bytes": "minimal: attn_out and residual read once, 4 rows written once, 4 weights",
+            "bytes": f"minimal: attn_out and residual read once, {mode.outputs} rows written once, "
+            f"{mode.outputs} weights",
             "31B-width": "hidden 5376 is the 31B's width; the 31B is dense and has no such block",
         },
         "targets": {
@@ -307,48 +332,45 @@ def _extra(models: list[str], swept: list[dict]) -> dict:
             "never_slower_than": "torch_compile",
         },
         "fused_launch_config": {
-            f"{MODELS[m]}x{t}": tr.launch_config(MODELS[m], t)._asdict() for m in models for t in (1, max(TOKENS))
+            f"{mode.models[m]}x{t}": tr.launch_config(mode.models[m], t, mode.outputs == 4)._asdict()
+            for m in models
+            for t in (1, max(TOKENS))
         },
     }
-    if swept:
-        extra["launch_sweep"] = swept
     return extra
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--mode", default="triple", choices=list(MODES))
     parser.add_argument("--tokens", type=int, nargs="*", default=TOKENS)
-    parser.add_argument("--models", nargs="*", default=list(MODELS), choices=list(MODELS))
-    parser.add_argument("--no-sweep", action="store_true", help="skip the fused kernel's launch-configuration sweep")
+    parser.add_argument("--models", nargs="*", help=f"default: all of the mode's ({MODELS} or {NORM_ADD_MODELS})")
     args = parser.parse_args()
+    mode = MODES[args.mode]
+    models = args.models or list(mode.models)
+    if not set(models) <= set(mode.models):
+        parser.error(f"--mode {args.mode} takes --models from {list(mode.models)}")
 
     allow_one_compile_per_shape()
     started = time.perf_counter()
     copy_bw = harness.copy_bandwidth_TBps()
     print(f"copy bandwidth {copy_bw:.2f} TB/s")
     rows: list[dict] = []
-    swept: list[dict] = []
-    write = partial(
-        harness.write_results,
-        "triple_rmsnorm",
-        copy_bw=copy_bw,
-        plot=partial(harness.plot_us_vs_tokens, title="Gemma-4 MoE post-attention triple RMSNorm (bf16)"),
+    name, title = (
+        ("triple_rmsnorm", "Gemma-4 MoE post-attention triple RMSNorm (bf16)")
+        if mode.outputs == 4
+        else ("triple_rmsnorm_norm_add", "Gemma-4 dense/PLE post-attention norm + add + norm (bf16)")
     )
-    for model in args.models:
-        hidden = MODELS[model]
+    write = partial(harness.write_results, name, copy_bw=copy_bw, plot=partial(harness.plot_us_vs_tokens, title=title))
+    for model in models:
+        hidden = mode.models[model]
         for tokens in args.tokens:
             # One compiled function per shape: Inductor specializes on it, as a
             # static-shape torch.compile per captured batch size does.
-            rows += measure(model, hidden, tokens, compiled_reference(), copy_bw)
+            rows += measure(model, hidden, tokens, mode.compiled(), copy_bw, mode)
             print(f"[{time.perf_counter() - started:6.1f}s] {model} tokens={tokens} done", flush=True)
         # Written after each width, so that a run cut short keeps what it measured.
-        path = write(rows, extra=_extra(args.models, swept))
-    if not args.no_sweep:
-        for model in args.models:
-            for tokens in SWEEP_TOKENS:
-                swept += sweep(model, MODELS[model], tokens, copy_bw)
-            print(f"[{time.perf_counter() - started:6.1f}s] {model} launch sweep done", flush=True)
-        path = write(rows, extra=_extra(args.models, swept))
+        path = write(rows, extra=_extra(mode, models))
     print(f"wrote {path} ({time.perf_counter() - started:.0f}s)")
     table = summarize(rows)
     harness.print_table(
@@ -356,15 +378,6 @@ def main() -> None:
         ["hidden", "tokens", "fused_us", "plain_us", "sglang_us", "compile_us", "floor_us",
          "copy_pct", "x_plain", "x_sglang", "x_compile", "verdict"],
     )
-    if swept:
-        print("\nlaunch sweep (fused): kernel x block x warps")
-        harness.print_table(
-            swept, ["hidden", "tokens", "kernel", "block", "rows_per_program", "num_warps", "is_default", "us", "copy_pct"]
-        )
-        print("\nfastest launch per size vs launch_config's")
-        harness.print_table(
-            best_launches(swept), ["hidden", "tokens", "kernel", "block", "num_warps", "us", "default_us"]
-        )
     misses = [line for line in table if line["verdict"] != "ok"]
     print(f"\n{len(table) - len(misses)}/{len(table)} sizes meet every target")
 

@@ -13,11 +13,14 @@ import triton
 
 from sglang_gemma4.kernels.support import MAX_FUSED_ROW
 from sglang_gemma4.kernels.triple_rmsnorm import (
+    _LAUNCH_TABLE,
     TripleNormLaunch,
     launch_config,
     post_attn_norm_add,
     post_attn_norm_add_reference,
     post_attn_triple_rmsnorm,
+    row_lanes,
+    row_segments,
     supports,
     supports_norm_add,
     triple_rmsnorm_reference,
@@ -90,6 +93,47 @@ def test_kernel_magnitudes_and_zero_row(hidden, scale, dtype):
             assert torch.count_nonzero(out[2]) == 0
 
 
+# Exact rows (a row held as power-of-two segments, no idle lanes): one, two and
+# three segments, one and two rows per program, with and without hints; and
+# lanes fewer than a segment's columns (2816 in 2 warps: 64 lanes).
+EXACT_ROWS = [
+    (384, TripleNormLaunch("row", 384, 1, 4)),
+    (896, TripleNormLaunch("row", 896, 2, 2, stream_hints=True)),
+    (896, TripleNormLaunch("row", 896, 1, 8)),
+    (2816, TripleNormLaunch("row", 2816, 1, 2)),
+    (2560, TripleNormLaunch("row", 2560, 2, 4, stream_hints=True)),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("hidden,launch", EXACT_ROWS, ids=lambda v: str(v) if isinstance(v, int) else "-".join(map(str, v[2:])))
+def test_exact_rows_match_reference(hidden, launch, dtype):
+    _check(3, hidden, dtype, launch=launch, seed=hidden)
+    _check_norm_add(3, hidden, dtype, launch, in_place=True, seed=hidden)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
+def test_hints_change_nothing(dtype):
+    """Eviction hints of both kernels, in both modes: same bits as without."""
+    attn_out, residual, weights = triple_norm_inputs(5, 896, dtype, seed=6)
+    for launch in (TripleNormLaunch("row", 1024, 2, 4), TripleNormLaunch("chunked", 256, 1, 2)):
+        plain = post_attn_triple_rmsnorm(attn_out, residual, *weights, EPS, launch=launch)
+        hinted = post_attn_triple_rmsnorm(attn_out, residual, *weights, EPS, launch=launch._replace(stream_hints=True))
+        assert all(torch.equal(a, b) for a, b in zip(plain, hinted))
+
+
+def test_row_segments_and_lanes():
+    assert row_segments(2816) == (2048, 512, 256)
+    assert row_segments(5376) == (4096, 1024, 256)
+    assert row_segments(1536) == (1024, 512, 0)
+    assert row_segments(2560) == (2048, 512, 0)
+    assert row_segments(4096) == (4096, 0, 0)
+    assert row_segments(1000) is None  # 512 + 256 + 128 + 64 + 32 + 8
+    assert row_lanes((2048, 512, 256), 8) == 256
+    assert row_lanes((2048, 512, 256), 2) == 64
+    assert row_lanes((4096, 0, 0), 16) == 512
+
+
 @pytest.mark.parametrize("launch", ["default", "chunked_256"])
 def test_residual_updated_in_place(launch):
     attn_out, residual, weights = triple_norm_inputs(5, 1000, torch.bfloat16, seed=11)
@@ -103,12 +147,32 @@ def test_residual_updated_in_place(launch):
 
 
 def test_launch_config_by_width_and_batch():
-    assert launch_config(128, 1) == ("row", 128, 16, 8)
-    assert launch_config(2816, 1) == ("row", 4096, 1, 16)
-    assert launch_config(5376, 128) == ("row", 8192, 1, 32)
-    assert launch_config(2816, 129) == ("chunked", 1024, 1, 4)
-    assert launch_config(5376, 16384) == ("chunked", 1024, 1, 4)
-    assert launch_config(1000, 4096) == ("row", 1024, 2, 8)
+    # The measured widths (the table), per mode.
+    assert launch_config(2816, 1) == ("row", 2816, 1, 8, False)
+    assert launch_config(2816, 2048) == ("row", 2816, 1, 8, False)
+    assert launch_config(2816, 2049) == ("chunked", 1024, 1, 4, False)
+    assert launch_config(5376, 128) == ("row", 8192, 1, 8, False)
+    assert launch_config(5376, 129) == ("row", 5376, 1, 8, False)
+    assert launch_config(5376, 16384) == ("chunked", 1024, 1, 4, False)
+    assert launch_config(5376, 16384, moe_outputs=False) == ("row", 8192, 1, 16, False)
+    assert launch_config(1536, 16384, moe_outputs=False) == ("row", 1536, 1, 4, False)
+    assert launch_config(2560, 1, moe_outputs=False) == ("row", 2560, 1, 8, False)
+    # Elsewhere the general rule.
+    assert launch_config(1536, 1) == ("row", 2048, 1, 8, False)
+    assert launch_config(128, 1) == ("row", 128, 16, 8, False)
+    assert launch_config(1000, 4096) == ("row", 1024, 2, 8, False)
+    assert launch_config(3072, 129, moe_outputs=False) == ("chunked", 1024, 1, 4, False)
+
+
+@pytest.mark.parametrize("outputs,hidden", sorted(_LAUNCH_TABLE))
+def test_table_launches_run(outputs, hidden):
+    """Every launch of the table is valid for its width and computes the
+    reference, on one row under the interpreter."""
+    for _, launch in _LAUNCH_TABLE[outputs, hidden]:
+        if outputs == 4:
+            _check(1, hidden, torch.bfloat16, launch=launch, seed=1)
+        else:
+            _check_norm_add(1, hidden, torch.bfloat16, launch, seed=1)
 
 
 def _unsupported_cases():
@@ -148,12 +212,17 @@ def test_unsupported_inputs_raise_and_empty_batch_returns_empty():
     for bad in (
         TripleNormLaunch("row", 128, 3, 4),
         TripleNormLaunch("row", 64, 1, 4),
+        TripleNormLaunch("row", 96, 1, 4),  # neither a power of two nor the row
+        TripleNormLaunch("row", 128, 0, 4),
         TripleNormLaunch("chunked", 100, 1, 4),
         TripleNormLaunch("chunked", 64, 2, 4),
         TripleNormLaunch("looped", 64, 1, 4),
     ):
         with pytest.raises(ValueError):
             post_attn_triple_rmsnorm(attn_out, residual, *weights, EPS, launch=bad)
+    wide, wide_residual, wide_weights = triple_norm_inputs(1, 1000, torch.bfloat16)
+    with pytest.raises(ValueError, match="at most three powers of two"):  # 1000 needs six
+        post_attn_triple_rmsnorm(wide, wide_residual, *wide_weights, EPS, launch=TripleNormLaunch("row", 1000, 1, 4))
     outputs = post_attn_triple_rmsnorm(attn_out[:0], residual[:0], *weights, EPS)
     assert [tuple(o.shape) for o in outputs] == [(0, 128)] * 4
 

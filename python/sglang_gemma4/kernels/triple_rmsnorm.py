@@ -48,10 +48,13 @@ was reverted for a bf16 routing regression; matching the rounding points is
 what keeps the selected experts the same.)
 
 Two kernels, both reading each row once (attn_out, residual) and writing it
-four times, the minimum DRAM traffic: for few rows (decode), whole rows held in
-registers with every load issued at once; for many rows (prefill), one row per
-program walked in chunks over three passes, re-reading from cache, so that
-small register footprints keep many rows in flight per SM.
+four (two) times, the minimum DRAM traffic: whole rows held in registers with
+every load issued at once, a row as power-of-two segments that add up to it
+(no idle lanes) or padded to a power of two; and one row per program walked in
+chunks over three passes, re-reading from cache, whose small register
+footprint keeps many rows in flight per SM. :func:`launch_config` picks the
+kernel and its shape from a table measured on the H200 (the 4-output mode
+takes the chunks for prefills; the 2-output mode whole rows at every size).
 """
 
 from __future__ import annotations
@@ -136,6 +139,83 @@ def _residual_sum(x, res, inv_x, w_post, act: tl.constexpr, BF16_RNE_BY_BITS: tl
 
 
 @triton.jit
+def _segment_loads(
+    attn_ptr,
+    res_ptr,
+    w_post_ptr,
+    w_pre_ff_ptr,
+    w_router_ptr,
+    w_pre_ff_2_ptr,
+    row_base,
+    row_ok,
+    start,
+    hidden,
+    SEG: tl.constexpr,
+    LANES: tl.constexpr,
+    MOE_OUTPUTS: tl.constexpr,
+    ACT_EVICT: tl.constexpr,
+):
+    """Columns ``[start, start + SEG)`` of the program's rows as ``[ROWS, LANES,
+    SEG // LANES]`` tiles (lane ``j`` holds ``SEG // LANES`` adjacent columns):
+    offsets, mask, the two activations and the weights (the router/expert ones
+    only with ``MOE_OUTPUTS``)."""
+    VEC: tl.constexpr = SEG // LANES
+    # [1, LANES, VEC]: the weights are loaded in the activations' 3-D shape, so
+    # that both get the same register layout (no conversion through shared memory).
+    cols = start + tl.arange(0, LANES)[None, :, None] * VEC + tl.arange(0, VEC)[None, None, :]
+    col_ok = cols < hidden
+    mask = row_ok[:, None, None] & col_ok
+    offs = row_base[:, None, None] + cols
+    x = tl.load(attn_ptr + offs, mask=mask, other=0.0, eviction_policy=ACT_EVICT).to(tl.float32)
+    res = tl.load(res_ptr + offs, mask=mask, other=0.0, eviction_policy=ACT_EVICT).to(tl.float32)
+    w_post = _load_weight(w_post_ptr, cols, col_ok)
+    w_pre_ff = _load_weight(w_pre_ff_ptr, cols, col_ok)
+    if MOE_OUTPUTS:
+        w_router = _load_weight(w_router_ptr, cols, col_ok)
+        w_pre_ff_2 = _load_weight(w_pre_ff_2_ptr, cols, col_ok)
+    else:
+        w_router = w_pre_ff
+        w_pre_ff_2 = w_pre_ff
+    return offs, mask, x, res, w_post, w_pre_ff, w_router, w_pre_ff_2
+
+
+@triton.jit
+def _segment_residual(x, res, inv_x, w_post, r_ptr, offs, mask, BF16_RNE_BY_BITS: tl.constexpr):
+    """Store ``r`` of a segment; return ``s`` and ``r`` (fp32) and each lane's sums of squares."""
+    act = r_ptr.dtype.element_ty
+    s, r = _residual_sum(x, res, inv_x, w_post, act, BF16_RNE_BY_BITS)
+    tl.store(r_ptr + offs, r, mask=mask)
+    r32 = r.to(tl.float32)
+    return s, r32, tl.sum(s * s, axis=2), tl.sum(r32 * r32, axis=2)
+
+
+@triton.jit
+def _segment_outputs(
+    s,
+    r32,
+    inv_s,
+    inv_r,
+    w_pre_ff,
+    w_router,
+    w_pre_ff_2,
+    dense_ptr,
+    router_ptr,
+    moe_ptr,
+    offs,
+    mask,
+    MOE_OUTPUTS: tl.constexpr,
+    BF16_RNE_BY_BITS: tl.constexpr,
+):
+    """Store the normalized outputs of a segment."""
+    act = dense_ptr.dtype.element_ty
+    tl.store(dense_ptr + offs, round_to((s * inv_s) * w_pre_ff, act, BF16_RNE_BY_BITS).to(act), mask=mask)
+    if MOE_OUTPUTS:
+        r_normed = r32 * inv_r
+        tl.store(router_ptr + offs, round_to(r_normed * w_router, act, BF16_RNE_BY_BITS).to(act), mask=mask)
+        tl.store(moe_ptr + offs, round_to(r_normed * w_pre_ff_2, act, BF16_RNE_BY_BITS).to(act), mask=mask)
+
+
+@triton.jit(do_not_specialize=["n_rows"])
 def _triple_norm_row_kernel(
     attn_ptr,
     res_ptr,
@@ -151,44 +231,84 @@ def _triple_norm_row_kernel(
     hidden,
     eps,
     ROWS: tl.constexpr,
-    BLOCK: tl.constexpr,
+    SEG0: tl.constexpr,
+    SEG1: tl.constexpr,
+    SEG2: tl.constexpr,
+    LANES: tl.constexpr,
     MOE_OUTPUTS: tl.constexpr,
+    ACT_EVICT: tl.constexpr,
     BF16_RNE_BY_BITS: tl.constexpr,
 ):
     """``ROWS`` whole rows per program, held in registers: each element is loaded
     once and every load is issued up front (the latency-bound decode sizes).
+
+    A row is held as up to three power-of-two segments of ``SEG0``, ``SEG1``,
+    ``SEG2`` columns (0: none), so that a row like 2816 = 2048 + 512 + 256 has
+    no idle lanes; ``SEG0`` alone may also exceed the row (masked lanes). Each
+    segment is split over the same ``LANES`` lanes (which divides every
+    segment), so that the segments' sums of squares add lane by lane, in
+    registers, and each row sum costs one cross-thread reduction.
     Without ``MOE_OUTPUTS`` only ``r`` and ``dense_in`` (the router/expert
-    pointers are not touched)."""
+    pointers are not touched). ``ACT_EVICT``: the activations' eviction hint."""
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
-    cols = tl.arange(0, BLOCK)
-    col_ok = cols < hidden
-    mask = (rows[:, None] < n_rows) & col_ok[None, :]
+    row_ok = rows < n_rows
     # int64: rows * hidden passes 2**31 for prefills of ~760k tokens at hidden 2816.
-    offs = rows.to(tl.int64)[:, None] * hidden + cols[None, :]
-    act = r_ptr.dtype.element_ty
+    row_base = rows.to(tl.int64) * hidden
 
-    x = tl.load(attn_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    res = tl.load(res_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    w_post = _load_weight(w_post_ptr, cols, col_ok)[None, :]
-    w_pre_ff = _load_weight(w_pre_ff_ptr, cols, col_ok)[None, :]
+    offs0, mask0, x0, res0, wp0, wf0, wr0, wm0 = _segment_loads(
+        attn_ptr, res_ptr, w_post_ptr, w_pre_ff_ptr, w_router_ptr, w_pre_ff_2_ptr,
+        row_base, row_ok, 0, hidden, SEG0, LANES, MOE_OUTPUTS, ACT_EVICT,
+    )
+    if SEG1 > 0:
+        offs1, mask1, x1, res1, wp1, wf1, wr1, wm1 = _segment_loads(
+            attn_ptr, res_ptr, w_post_ptr, w_pre_ff_ptr, w_router_ptr, w_pre_ff_2_ptr,
+            row_base, row_ok, SEG0, hidden, SEG1, LANES, MOE_OUTPUTS, ACT_EVICT,
+        )
+    if SEG2 > 0:
+        offs2, mask2, x2, res2, wp2, wf2, wr2, wm2 = _segment_loads(
+            attn_ptr, res_ptr, w_post_ptr, w_pre_ff_ptr, w_router_ptr, w_pre_ff_2_ptr,
+            row_base, row_ok, SEG0 + SEG1, hidden, SEG2, LANES, MOE_OUTPUTS, ACT_EVICT,
+        )
 
-    inv_x = tl.rsqrt(tl.sum(x * x, axis=1) / hidden + eps)[:, None]
-    s, r = _residual_sum(x, res, inv_x, w_post, act, BF16_RNE_BY_BITS)
-    tl.store(r_ptr + offs, r, mask=mask)
+    lane_x = tl.sum(x0 * x0, axis=2)
+    if SEG1 > 0:
+        lane_x += tl.sum(x1 * x1, axis=2)
+    if SEG2 > 0:
+        lane_x += tl.sum(x2 * x2, axis=2)
+    inv_x = tl.rsqrt(tl.sum(lane_x, axis=1) / hidden + eps)[:, None, None]
+
+    s0, r0, lane_s, lane_r = _segment_residual(x0, res0, inv_x, wp0, r_ptr, offs0, mask0, BF16_RNE_BY_BITS)
+    if SEG1 > 0:
+        s1, r1, lane_s1, lane_r1 = _segment_residual(x1, res1, inv_x, wp1, r_ptr, offs1, mask1, BF16_RNE_BY_BITS)
+        lane_s += lane_s1
+        lane_r += lane_r1
+    if SEG2 > 0:
+        s2, r2, lane_s2, lane_r2 = _segment_residual(x2, res2, inv_x, wp2, r_ptr, offs2, mask2, BF16_RNE_BY_BITS)
+        lane_s += lane_s2
+        lane_r += lane_r2
     # fused_add_rmsnorm normalizes the unrounded fp32 sum; the router's norm and
-    # pre_feedforward_layernorm_2 read the stored residual.
-    inv_s = tl.rsqrt(tl.sum(s * s, axis=1) / hidden + eps)[:, None]
-    tl.store(dense_ptr + offs, round_to((s * inv_s) * w_pre_ff, act, BF16_RNE_BY_BITS).to(act), mask=mask)
-    if MOE_OUTPUTS:
-        w_router = _load_weight(w_router_ptr, cols, col_ok)[None, :]
-        w_pre_ff_2 = _load_weight(w_pre_ff_2_ptr, cols, col_ok)[None, :]
-        r32 = r.to(tl.float32)
-        r_normed = r32 * tl.rsqrt(tl.sum(r32 * r32, axis=1) / hidden + eps)[:, None]
-        tl.store(router_ptr + offs, round_to(r_normed * w_router, act, BF16_RNE_BY_BITS).to(act), mask=mask)
-        tl.store(moe_ptr + offs, round_to(r_normed * w_pre_ff_2, act, BF16_RNE_BY_BITS).to(act), mask=mask)
+    # pre_feedforward_layernorm_2 read the stored residual. (Without MOE_OUTPUTS
+    # the compiler drops the sum of r, which nothing reads.)
+    inv_s = tl.rsqrt(tl.sum(lane_s, axis=1) / hidden + eps)[:, None, None]
+    inv_r = tl.rsqrt(tl.sum(lane_r, axis=1) / hidden + eps)[:, None, None]
+
+    _segment_outputs(
+        s0, r0, inv_s, inv_r, wf0, wr0, wm0, dense_ptr, router_ptr, moe_ptr, offs0, mask0,
+        MOE_OUTPUTS, BF16_RNE_BY_BITS,
+    )
+    if SEG1 > 0:
+        _segment_outputs(
+            s1, r1, inv_s, inv_r, wf1, wr1, wm1, dense_ptr, router_ptr, moe_ptr, offs1, mask1,
+            MOE_OUTPUTS, BF16_RNE_BY_BITS,
+        )
+    if SEG2 > 0:
+        _segment_outputs(
+            s2, r2, inv_s, inv_r, wf2, wr2, wm2, dense_ptr, router_ptr, moe_ptr, offs2, mask2,
+            MOE_OUTPUTS, BF16_RNE_BY_BITS,
+        )
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_rows"])
 def _triple_norm_chunked_kernel(
     attn_ptr,
     res_ptr,
@@ -206,6 +326,7 @@ def _triple_norm_chunked_kernel(
     CHUNK: tl.constexpr,
     NUM_CHUNKS: tl.constexpr,
     MOE_OUTPUTS: tl.constexpr,
+    ACT_EVICT: tl.constexpr,
     BF16_RNE_BY_BITS: tl.constexpr,
 ):
     """One row per program, ``CHUNK`` columns at a time, in three passes (each
@@ -216,7 +337,8 @@ def _triple_norm_chunked_kernel(
     still sees each element once; pass 3 recomputes ``s`` and ``r`` with the same
     operations on the same inputs (bit-identical), and is the only pass that
     stores, so ``r`` may overwrite the residual it is computed from. Without
-    ``MOE_OUTPUTS`` only ``r`` and ``dense_in``, and no sum of squares of ``r``."""
+    ``MOE_OUTPUTS`` only ``r`` and ``dense_in``, and no sum of squares of ``r``.
+    ``ACT_EVICT``: the eviction hint of pass 3's activation loads, the last read."""
     base = tl.program_id(0).to(tl.int64) * hidden
     lanes = tl.arange(0, CHUNK)
     act = r_ptr.dtype.element_ty
@@ -248,8 +370,8 @@ def _triple_norm_chunked_kernel(
     for c in tl.static_range(NUM_CHUNKS):
         cols = c * CHUNK + lanes
         col_ok = cols < hidden
-        x = tl.load(attn_ptr + base + cols, mask=col_ok, other=0.0).to(tl.float32)
-        res = tl.load(res_ptr + base + cols, mask=col_ok, other=0.0).to(tl.float32)
+        x = tl.load(attn_ptr + base + cols, mask=col_ok, other=0.0, eviction_policy=ACT_EVICT).to(tl.float32)
+        res = tl.load(res_ptr + base + cols, mask=col_ok, other=0.0, eviction_policy=ACT_EVICT).to(tl.float32)
         s, r = _residual_sum(x, res, inv_x, _load_weight(w_post_ptr, cols, col_ok), act, BF16_RNE_BY_BITS)
         tl.store(r_ptr + base + cols, r, mask=col_ok)
         dense = (s * inv_s) * _load_weight(w_pre_ff_ptr, cols, col_ok)
@@ -263,39 +385,106 @@ def _triple_norm_chunked_kernel(
 
 
 class TripleNormLaunch(NamedTuple):
-    """``kernel`` "row": ``rows_per_program`` whole rows of ``block`` (a power of
-    two >= hidden) lanes per program; "chunked": one row per program, ``block``
-    columns at a time."""
+    """How to launch the kernels.
+
+    ``kernel`` "row": ``rows_per_program`` whole rows per program, each held in
+    ``block`` lanes: a power of two >= hidden (the lanes past the row idle), or
+    ``hidden`` itself when it is a sum of at most three powers of two (the row
+    held as those segments, no idle lanes). "chunked": one row per program,
+    ``block`` (a power of two) columns at a time. ``stream_hints``: the
+    activations' last loads evict_first (they are dead after the read).
+    """
 
     kernel: str
     block: int
     rows_per_program: int
     num_warps: int
+    stream_hints: bool = False
 
 
-# Up to about one row per SM (H200: 132 SMs), the row kernel's single wave
-# beats the chunked kernel's longer per-row latency.
-ROW_KERNEL_MAX_ROWS = 128
-CHUNK = 1024
-# Elements of each live tensor per thread: one 16-byte vector of bf16.
-ELEMENTS_PER_THREAD = 8
+def row_segments(hidden: int) -> tuple[int, int, int] | None:
+    """``hidden`` as at most three powers of two, largest first, zero-padded
+    (2816 -> (2048, 512, 256)); None when it needs more."""
+    bits = [1 << i for i in range(hidden.bit_length() - 1, -1, -1) if hidden >> i & 1]
+    if not bits or len(bits) > 3:
+        return None
+    return tuple(bits + [0] * (3 - len(bits)))  # type: ignore[return-value]
 
 
-def launch_config(hidden: int, n_rows: int) -> TripleNormLaunch:
-    """How to launch the kernel for ``n_rows`` rows of ``hidden`` elements.
+def row_lanes(segments: tuple[int, int, int], num_warps: int) -> int:
+    """Lanes each row segment is split over: one per thread where the smallest
+    segment allows (fewer lanes, more adjacent columns per lane, past that)."""
+    return min(min(seg for seg in segments if seg), 32 * num_warps)
 
-    Few rows: the row kernel, every load issued at once; narrow rows batched
-    several to a program. Many rows: the chunked kernel, whose small register
-    footprint lets many programs share an SM. Either way each thread holds
-    ``ELEMENTS_PER_THREAD`` elements of each tensor it works on (sm_90 ptxas:
-    86 registers for a 2816-wide row in 16 warps, 64 for 5376 in 32; 94 and
-    124 for the chunked kernel at 1024 columns in 4 warps).
+
+# --------------------------------------------------------------------------- launch table
+#
+# Chosen on the H200 (torch 2.11, triton 3.6; benchmarks/sweep_triple_rmsnorm.py,
+# 2026-11-29, benchmarks/results/sweep_triple_rmsnorm.json): every candidate
+# timed alone under CUDA-graph replay, bf16; copy bandwidth 4.06 TB/s. The run's
+# time budget covered 1, 256, 4096 and 16384 tokens (not 1536 x 16384); the
+# bucket edges in between are interpolated, not measured. In us, best vs the
+# previous rule ("old": padded rows in 2 x the warps up to 128 rows, then
+# 1024-column chunks) and torch.compile of the reference:
+#
+# * Fewer warps per row: 8 (4 at 1536) instead of 16-32 (likely: fewer warps
+#   to synchronize in each of the three row reductions). Triple 2816 x 1: 2.60 (old 2.81;
+#   compile 3.48), 5376 x 1: 3.56 (old 4.06; compile 4.49).
+# * Exact rows (2816 = 2048 + 512 + 256 lanes, no idle ones), so more programs
+#   per SM (sm_90 ptxas, offline: 64 registers x 256 threads for an exact 2816
+#   row in 8 warps, 48 x 512 padded in 16): triple 2816 x 256: 3.58 (old 5.29,
+#   compile 4.34); 5376 x 256: 7.49 (old 11.16, compile 7.36); 2-output 2560 x
+#   256: 2.57 (old 3.63), 1536 x 256: 2.25 (old 3.19). Padded rows stay best
+#   for 5376 at decode sizes (3.56 vs 4.05 exact, which takes 120 registers in
+#   8 warps).
+# * Prefill, 4 outputs: the 1024-column chunks in 4 warps stay best. 2816 x 4096:
+#   39.2 (86.8% of copy; exact rows 40.2), x 16384: 143.5 (95.0%); 5376 x 4096:
+#   82.7 (78.6%, compile 79.0), x 16384: 306.9 (84.7%, compile 296.2).
+#   Chunks of 256/512 (no masked lanes) lose: 11-21 chunks per pass, not 3-6.
+# * Prefill, 2 outputs: whole rows win. 2560: exact, 8 warps (x 4096 24.2,
+#   x 16384 87.3, 94.6%); 1536: exact, 4 warps (x 4096 13.1, 94.5%); 5376:
+#   padded, 16 warps (x 4096 51.0, x 16384 193.7, 89.5%; compile 55.3, 203.5).
+# * Eviction hints: within +-1% (noise) for the 2-output rows, 1.5-4% slower
+#   for the chunks; off. Two rows per program: slower everywhere measured.
+
+# (outputs, hidden) -> (max n_rows, launch) buckets, the first that holds n_rows wins.
+_ALL_ROWS = 1 << 62
+_LAUNCH_TABLE: dict[tuple[int, int], tuple[tuple[int, TripleNormLaunch], ...]] = {
+    (4, 2816): (
+        (2048, TripleNormLaunch("row", 2816, 1, 8)),
+        (_ALL_ROWS, TripleNormLaunch("chunked", 1024, 1, 4)),
+    ),
+    (4, 5376): (
+        (128, TripleNormLaunch("row", 8192, 1, 8)),
+        (512, TripleNormLaunch("row", 5376, 1, 8)),
+        (_ALL_ROWS, TripleNormLaunch("chunked", 1024, 1, 4)),
+    ),
+    (2, 1536): ((_ALL_ROWS, TripleNormLaunch("row", 1536, 1, 4)),),
+    (2, 2560): ((_ALL_ROWS, TripleNormLaunch("row", 2560, 1, 8)),),
+    (2, 5376): (
+        (512, TripleNormLaunch("row", 8192, 1, 8)),
+        (_ALL_ROWS, TripleNormLaunch("row", 8192, 1, 16)),
+    ),
+}
+
+
+def launch_config(hidden: int, n_rows: int, moe_outputs: bool = True) -> TripleNormLaunch:
+    """How to launch the kernel for ``n_rows`` rows of ``hidden`` elements, in
+    the 4-output (``moe_outputs``) or the 2-output mode.
+
+    The measured widths from the table above. Elsewhere the previous rule:
+    padded rows with 8 elements of each tensor per thread (4-32 warps), narrow
+    rows batched up to 2048 lanes per program; above 128 rows wider than 1024,
+    the chunked kernel, 1024 columns in 4 warps.
     """
-    if n_rows > ROW_KERNEL_MAX_ROWS and hidden > CHUNK:
-        return TripleNormLaunch("chunked", CHUNK, 1, CHUNK // (32 * ELEMENTS_PER_THREAD))
+    for max_rows, launch in _LAUNCH_TABLE.get((4 if moe_outputs else 2, hidden), ()):
+        if n_rows <= max_rows:
+            return launch
+    if n_rows > 128 and hidden > 1024:
+        return TripleNormLaunch("chunked", 1024, 1, 4)
     block = triton.next_power_of_2(hidden)
     rows = max(1, min(16, 2048 // block))
-    return TripleNormLaunch("row", block, rows, max(4, min(32, rows * block // (32 * ELEMENTS_PER_THREAD))))
+    return TripleNormLaunch("row", block, rows, max(4, min(32, rows * block // 256)))
 
 
 def _supports(
@@ -384,36 +573,50 @@ def _launch(
             f"{[(tuple(w.shape), w.dtype, str(w.device)) for w in weights]}"
         )
     n_rows, hidden = attn_out.shape
-    launch = launch or launch_config(hidden, n_rows)
-    if launch.block & (launch.block - 1) or launch.rows_per_program & (launch.rows_per_program - 1):
-        raise ValueError(f"block and rows_per_program must be powers of two: {launch}")
+    launch = launch or launch_config(hidden, n_rows, moe_outputs)
     # Without the router/expert outputs their pointer arguments are never read:
     # any tensor fills the slots.
     kernel_weights = weights if moe_outputs else weights + weights
     kernel_outputs = outputs if moe_outputs else outputs + outputs
     args = (attn_out, residual, *kernel_weights, *kernel_outputs, n_rows, hidden, eps)
-    rne_by_bits = triton_interpreting() and attn_out.dtype == torch.bfloat16
+    constants = {
+        "MOE_OUTPUTS": moe_outputs,
+        "ACT_EVICT": "evict_first" if launch.stream_hints else "",
+        "BF16_RNE_BY_BITS": triton_interpreting() and attn_out.dtype == torch.bfloat16,
+    }
+    if launch.rows_per_program < 1 or launch.rows_per_program & (launch.rows_per_program - 1):
+        raise ValueError(f"rows_per_program must be a power of two: {launch}")
     if launch.kernel == "row":
-        if launch.block < hidden:
-            raise ValueError(f"the row kernel needs block >= hidden ({hidden}): {launch}")
+        segments = row_segments(hidden) if launch.block == hidden else None
+        if segments is None:
+            if launch.block < hidden or launch.block & (launch.block - 1):
+                raise ValueError(
+                    f"the row kernel needs a power-of-two block >= hidden ({hidden}), or hidden "
+                    f"itself if it is a sum of at most three powers of two: {launch}"
+                )
+            segments = (launch.block, 0, 0)
+        seg0, seg1, seg2 = segments
         _triple_norm_row_kernel[(triton.cdiv(n_rows, launch.rows_per_program),)](
             *args,
             ROWS=launch.rows_per_program,
-            BLOCK=launch.block,
-            MOE_OUTPUTS=moe_outputs,
-            BF16_RNE_BY_BITS=rne_by_bits,
+            SEG0=seg0,
+            SEG1=seg1,
+            SEG2=seg2,
+            LANES=row_lanes(segments, launch.num_warps),
             num_warps=launch.num_warps,
+            **constants,
         )
     elif launch.kernel == "chunked":
         if launch.rows_per_program != 1:
             raise ValueError(f"the chunked kernel takes one row per program: {launch}")
+        if launch.block < 1 or launch.block & (launch.block - 1):
+            raise ValueError(f"the chunked kernel needs a power-of-two chunk: {launch}")
         _triple_norm_chunked_kernel[(n_rows,)](
             *args,
             CHUNK=launch.block,
             NUM_CHUNKS=triton.cdiv(hidden, launch.block),
-            MOE_OUTPUTS=moe_outputs,
-            BF16_RNE_BY_BITS=rne_by_bits,
             num_warps=launch.num_warps,
+            **constants,
         )
     else:
         raise ValueError(f"unknown kernel {launch.kernel!r}")
