@@ -13,8 +13,16 @@ while [ $# -gt 0 ] && [ "$1" != "--" ]; do tests+=("$1"); shift; done
 [ $# -gt 0 ] && shift
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv > "$work/gpu.txt" 2>&1
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$work/gpu.txt"
+# Test files run side by side, one pytest process each (correctness only; the
+# benchmarks below run alone). TEST_TIMEOUT / BENCH_TIMEOUT bound each step so
+# that the bundle is written before the device call's own limit.
 if [ ${#tests[@]} -gt 0 ]; then
-  python3 -m pytest "${tests[@]}" -q -p no:cacheprovider 2>&1 | tee "$work/gpu_tests.log" | tail -25
+  for t in "${tests[@]}"; do
+    timeout "${TEST_TIMEOUT:-300}" python3 -m pytest "$t" -q -p no:cacheprovider \
+      > "$work/gpu_tests_$(basename "$t" .py).log" 2>&1 &
+  done
+  wait
+  tail -n 3 "$work"/gpu_tests_*.log
 fi
 # A benchmark may carry its arguments after a colon, comma-separated:
 #   benchmark_end_of_layer_norm:--no-sweep  benchmark_triple_rmsnorm:--mode,norm_add
@@ -24,7 +32,7 @@ for spec in "$@"; do
   [ "$spec" != "$b" ] && IFS=, read -r -a args <<< "${spec#*:}"
   log="$work/$(echo "$spec" | tr -c 'A-Za-z0-9_\n' '_').log"
   echo "=== $spec"
-  timeout 420 python3 "benchmarks/$b.py" "${args[@]}" > "$log" 2>&1
+  timeout "${BENCH_TIMEOUT:-420}" python3 "benchmarks/$b.py" "${args[@]}" > "$log" 2>&1
   echo "exit $?"; tail -30 "$log"
 done
 tar -C "$work" -cf "$final_out/results.tar" .
