@@ -161,9 +161,12 @@ class EndOfLayerLaunch(NamedTuple):
 #   PLE E4B 2560: 4096 rows 24.7-26.1 (16 warps 28.2; compile 31.7).
 # E2B 1536 (4 warps 14.1 vs 8 warps 14.2 at 4096 rows) and dense 5376 (32 warps
 # 56.8-58.5, 16 warps 59.9; compile 50.4) keep the few-rows rule. Not measured
-# between 128 and 4096 rows nor at 8192. The sweep ran a helper-structured
+# between 128 and 4096 rows nor at 8192. The sweep ran a differently structured
 # build of this kernel (same operations; ptxas at 2816/8 warps: 139 registers
-# there, 140 here, no spills in either). Two "many rows" kernels were tried and
+# there, 140 here, no spills in either), and THIS code did not reproduce its
+# gain: benchmark_end_of_layer_norm.py on the H200 the same day measured MoE
+# 2816 at 52.8 us (4096 rows) and 199.1 us (16384), within noise of the 16-warp
+# rule's 53.8 / 202.8 us of the earlier run (results/end_of_layer_norm.json). Two "many rows" kernels were tried and
 # dropped, both 1.5-4x slower at 4096 rows in every shape: the row split into
 # exact power-of-two segments (2816 = 2048 + 512 + 256, no idle lanes) and one
 # row per program walked in chunks over several passes; in both, each segment
