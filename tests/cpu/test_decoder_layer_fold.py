@@ -154,8 +154,11 @@ def test_no_fold_while_torch_compile_traces(plugin_table, monkeypatch):
     model = harness.build_pair("dense").sglang  # kept alive: the links are weak
     layer = model.model.layers[0]
     assert eol.next_layer(layer) is model.model.layers[1]
+    stream = torch.randn(2, 8)
+    eol.leave(model.model.layers[1], stream, stream)
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
     assert eol.next_layer(layer) is None
+    assert eol.take(model.model.layers[1], stream) is None
 
 
 def test_a_prefolded_input_reaches_only_its_own_stream(plugin_table):

@@ -162,6 +162,8 @@ def leave(nxt: torch.nn.Module, stream: torch.Tensor, normed: torch.Tensor) -> N
 
 def take(layer: torch.nn.Module, hidden_states: Any) -> PrefoldedInput | None:
     """What the previous layer left ``layer``, if ``hidden_states`` is that stream."""
+    if torch.compiler.is_compiling():  # nothing is left while tracing (next_layer), and no dict to trace
+        return None
     p = _left.pop(id(layer), None)
     return p if p is not None and p.stream is hidden_states else None
 
