@@ -142,11 +142,11 @@ def measure(model: str, kind: str, hidden: int, tokens: int, copy_bw: float) -> 
 
 
 def launch_sweep(model: str, kind: str, hidden: int, copy_bw: float) -> list[dict]:
-    """The fused kernel under other (rows_per_program, num_warps), for tuning launch_config."""
+    """The row kernel under other (rows_per_program, num_warps), for tuning launch_config."""
     out = []
     for tokens in SWEEP_TOKENS:
         default = eol.launch_config(hidden, tokens)
-        block = default.block_h
+        block = eol.row_launch(hidden, tokens).block_h
         nbytes = minimal_bytes(kind, tokens, hidden)
         sets = [EndInputs(kind, tokens, hidden, seed=i) for i in range(harness.input_sets(nbytes))]
         for rows_per_program, num_warps in SWEEP:
@@ -157,7 +157,7 @@ def launch_sweep(model: str, kind: str, hidden: int, copy_bw: float) -> list[dic
             out.append({
                 "model": model, "tokens": tokens, "rows_per_program": rows_per_program, "num_warps": num_warps,
                 "us": round(us, 3), "copy_pct": round(100 * nbytes / (copy_bw * 1e12) * 1e6 / us, 1),
-                "default": (rows_per_program, num_warps) == tuple(default[1:]),
+                "default": eol.EndOfLayerLaunch(block, rows_per_program, num_warps) == default,
             })
     return out
 

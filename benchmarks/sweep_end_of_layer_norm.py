@@ -1,14 +1,16 @@
 """Sweep the launch shapes of the end-of-layer kernel (sglang_gemma4.kernels.end_of_layer_norm).
 
 For each layer kind at its Gemma-4 width (MoE 2816, dense 5376, PLE 1536 and
-2560) and each token count, every candidate launch (rows per program, warps;
-whole rows padded to a power of two in registers) is checked against the fp32
+2560) and each token count, every candidate launch (the row kernel's own
+launch: whole rows padded to a power of two in registers; the chunked kernel
+at 1024 columns in 4 or 8 warps and 2048 in 8) is checked against the fp32
 reference (outputs poisoned first), then timed under CUDA-graph replay
 (benchmarks/harness.py: median us per call over rotated input sets); the
 fastest is timed again (the spread of one config). Baselines from
 benchmarks/benchmark_end_of_layer_norm.py: ``torch_compile`` of the fp32
-reference (one static-shape compilation per shape) and the floor (minimal
-bytes / measured copy bandwidth). ``table`` marks the module's launch_config.
+reference (one static-shape compilation per shape, from ``--compile-min-tokens``
+tokens on) and the floor (minimal bytes / measured copy bandwidth). ``table``
+marks the module's launch_config.
 
 Run on the GPU machine (torch + triton + CUDA, no sglang)::
 
@@ -21,9 +23,6 @@ kernels and the Inductor graphs are compiled first in parallel processes
 autotunes its compiled references itself, on an idle GPU. ``--dry-run`` (with
 ``TRITON_INTERPRET=1``) runs every candidate once on tiny CPU shapes, checks
 only, to catch broken configs before spending device time.
-
-The committed results/sweep_end_of_layer_norm.json also holds two kernel
-variants tried then and removed since (see its notes).
 """
 
 from __future__ import annotations
@@ -49,32 +48,23 @@ from sglang_gemma4.kernels import end_of_layer_norm as eol  # noqa: E402
 
 MODELS = ("26B-A4B", "31B", "E2B", "E4B")
 # Most telling first, in case the time budget runs out.
-TOKENS = [4096, 16384, 8192, 2048, 512, 1024, 256, 1, 8, 32, 128]
+TOKENS = [4096, 16384, 2048, 1024, 512, 1]
 DRY_RUN = {"models": {"26B-A4B": ("moe", 160), "31B": ("dense", 336), "E2B": ("ple", 96)}, "tokens": [1, 20]}
 
 
 def candidates(hidden: int, tokens: int) -> list[eol.EndOfLayerLaunch]:
-    """launch_config's few-rows launch, then 1-4 rows per program (no more than
-    tokens, at most 2 under 256 tokens) at 4-16 elements per thread per live row."""
-    block = eol.launch_config(hidden, 1).block_h
-    out = [eol.launch_config(hidden, 1)]
-    for rows in (1, 2, 4):
-        if rows > 1 and (rows > tokens or (tokens < 256 and rows > 2)):
-            break
-        for warps in (2, 4, 8, 16, 32):
-            launch = eol.EndOfLayerLaunch(block, rows, warps)
-            if 4 <= block * rows / (32 * warps) <= 16 and launch not in out:
-                out.append(launch)
-    return out
+    """The row kernel's launch, then the chunked kernel's candidates."""
+    return [eol.row_launch(hidden, tokens)] + [
+        eol.EndOfLayerLaunch(chunk, 1, warps, "chunked") for chunk, warps in ((1024, 4), (1024, 8), (2048, 8))
+    ]
 
 
 def describe(launch: eol.EndOfLayerLaunch) -> str:
-    return f"row:{launch.block_h}:r{launch.rows_per_program}:w{launch.num_warps}"
+    return f"{launch.kernel}:{launch.block_h}:r{launch.rows_per_program}:w{launch.num_warps}"
 
 
 def run(kind: str, t: bench.EndInputs, launch: eol.EndOfLayerLaunch) -> tuple[torch.Tensor, torch.Tensor]:
-    fused = bench.FUSED[kind]
-    return fused(*t.args, bench.EPS, rows_per_program=launch.rows_per_program, num_warps=launch.num_warps)
+    return bench.FUSED[kind](*t.args, bench.EPS, launch=launch)
 
 
 def check(kind: str, t: bench.EndInputs, launch: eol.EndOfLayerLaunch) -> dict:
@@ -111,12 +101,13 @@ def _configure_inductor() -> None:
         inductor_config.autotune_local_cache = False
 
 
-def all_jobs(models: list[str], tokens_list: list[int]) -> list[tuple]:
+def all_jobs(models: list[str], tokens_list: list[int], compile_min_tokens: int) -> list[tuple]:
     jobs: set[tuple] = set()
     for model in models:
         kind, hidden = bench.MODELS[model]
         for tokens in tokens_list:
-            jobs.add(("compile", model, tokens, None))
+            if tokens >= compile_min_tokens:
+                jobs.add(("compile", model, tokens, None))
             # Triton specializes the row count on == 1 and on divisibility by 16: one stand-in per class.
             rows_class = 1 if tokens == 1 else 16 if tokens % 16 == 0 else 17
             for launch in candidates(hidden, tokens) + [eol.launch_config(hidden, tokens)]:
@@ -156,7 +147,7 @@ def precompile(jobs: list[tuple], workers: int) -> None:
 # --------------------------------------------------------------------------- sweep
 
 
-def sweep_shape(model: str, tokens: int, copy_bw: float, dry_run: bool) -> list[dict]:
+def sweep_shape(model: str, tokens: int, copy_bw: float, dry_run: bool, compile_min_tokens: int) -> list[dict]:
     kind, hidden = DRY_RUN["models"][model] if dry_run else bench.MODELS[model]
     nbytes = bench.minimal_bytes(kind, tokens, hidden)
     sets = [bench.EndInputs(kind, tokens, hidden, seed=i) for i in range(1 if dry_run else harness.input_sets(nbytes))]
@@ -184,9 +175,10 @@ def sweep_shape(model: str, tokens: int, copy_bw: float, dry_run: bool) -> list[
             print(f"  CHECK FAILED {model} {tokens} {describe(launch)}: {c}", flush=True)
         record(tag, describe(launch), us, {"launch": launch._asdict(), **c})
     if not dry_run:
-        compiled = torch.compile(bench.REFERENCE[kind], dynamic=False)
-        us = harness.graph_us([partial(lambda t: compiled(*t.args, bench.EPS), s) for s in sets], replays=replays)
-        record("torch_compile", "inductor", us, {})
+        if tokens >= compile_min_tokens:
+            compiled = torch.compile(bench.REFERENCE[kind], dynamic=False)
+            us = harness.graph_us([partial(lambda t: compiled(*t.args, bench.EPS), s) for s in sets], replays=replays)
+            record("torch_compile", "inductor", us, {})
         # the fastest candidate again: the spread of one config between two timings
         timed = [r for r in rows if r["tag"] in ("candidate", "table") and r["us"] == r["us"]]
         if timed:
@@ -223,6 +215,7 @@ def main() -> None:
     parser.add_argument("--budget-s", type=float, default=200.0, help="skip the shapes left after this long")
     parser.add_argument("--workers", type=int, default=min(12, (os.cpu_count() or 2) - 1), help="compile processes")
     parser.add_argument("--wait-for", type=Path, help="before timing, wait until this file exists (GPU tests done)")
+    parser.add_argument("--compile-min-tokens", type=int, default=2048, help="time torch.compile from here on")
     parser.add_argument("--dry-run", action="store_true")
     args = parser.parse_args()
     if args.dry_run:
@@ -236,7 +229,7 @@ def main() -> None:
     if not args.dry_run:
         _configure_inductor()
         if args.workers > 0:
-            precompile(all_jobs(args.models, tokens_list), args.workers)
+            precompile(all_jobs(args.models, tokens_list, args.compile_min_tokens), args.workers)
         print(f"[{time.perf_counter() - started:6.1f}s] precompiled", flush=True)
         while args.wait_for and not args.wait_for.exists():
             time.sleep(1)
@@ -249,7 +242,7 @@ def main() -> None:
             if time.perf_counter() - started > args.budget_s:
                 print(f"budget spent: skipping {model} tokens={tokens}", flush=True)
                 continue
-            rows += sweep_shape(model, tokens, copy_bw, args.dry_run)
+            rows += sweep_shape(model, tokens, copy_bw, args.dry_run, args.compile_min_tokens)
             if not args.dry_run:  # after every shape, so a run cut short keeps what it measured
                 doc = {"benchmark": "sweep_end_of_layer_norm", **harness.environment(),
                        "copy_bandwidth_TBps": round(copy_bw, 3), "dtype": "bfloat16", "rows": rows}

@@ -77,7 +77,13 @@ def end_of_layer_case(
 
 
 def assert_within_one_rounding(
-    actual: torch.Tensor, expected: torch.Tensor, name: str, *, max_share: float = 2e-3, ulps: float | None = None
+    actual: torch.Tensor,
+    expected: torch.Tensor,
+    name: str,
+    *,
+    max_share: float = 2e-3,
+    ulps: float | None = None,
+    carried: torch.Tensor | None = None,
 ) -> None:
     """``actual`` equals ``expected`` up to how fp32 sums and rsqrt are computed.
 
@@ -85,7 +91,9 @@ def assert_within_one_rounding(
     the last place at the row's scale: a final rounding fell the other way. A
     misplaced rounding point changes a large share of elements instead. fp32:
     every element may differ in its last bits, within ``ulps`` (default 32) of
-    the row's scale (three chained norms in the MoE case).
+    the row's scale (three chained norms in the MoE case). ``carried``: a
+    per-element difference inherited from an input that was itself allowed to
+    differ, added to the bound.
     """
     assert actual.shape == expected.shape and actual.dtype == expected.dtype, name
     if actual.numel() == 0:
@@ -96,6 +104,8 @@ def assert_within_one_rounding(
     ulps = ulps if ulps is not None else (32 if actual.dtype == torch.float32 else 2)
     row_rms = e.pow(2).mean(dim=-1, keepdim=True).sqrt()
     bound = ulps * finfo.eps * (e.abs() + row_rms) + finfo.tiny
+    if carried is not None:
+        bound = bound + carried
     excess = (a - e).abs() - bound
     assert excess.max().item() <= 0, f"{name}: max |diff| {(a - e).abs().max().item():.3g} beyond {ulps} ulps"
     if actual.dtype == torch.float32:
@@ -108,11 +118,17 @@ def check_case(case: EndOfLayerCase, **kwargs) -> tuple[torch.Tensor, torch.Tens
     """Run the kernel and compare both outputs with the reference.
 
     ``next_in`` is also compared with the next layer's norm of the kernel's own
-    ``h``: it must normalize the rounded stream it stored.
+    ``h``, strictly: it must normalize the rounded stream it stored. Against the
+    reference its bound also carries ``h``'s own allowed difference through that
+    norm (``|dh| * rsqrt(mean(h**2) + eps) * |w_next|``): in the PLE end a last
+    rounding of the normalized projection that falls the other way survives the
+    residual add as a whole bf16 step of a smaller ``h``.
     """
     h, next_in = case.run(**kwargs)
     want_h, want_next = case.expected()
     assert_within_one_rounding(h, want_h, f"{case.kind} h")
-    assert_within_one_rounding(next_in, want_next, f"{case.kind} next_in")
+    wh = want_h.float()
+    carried = (h.float() - wh).abs() * torch.rsqrt(wh.pow(2).mean(-1, keepdim=True) + EPS) * case.args[-1].float().abs()
+    assert_within_one_rounding(next_in, want_next, f"{case.kind} next_in", carried=carried)
     assert_within_one_rounding(next_in, eol.next_input_norm_reference(h, case.args[-1], EPS), f"{case.kind} next_in(h)")
     return h, next_in

@@ -192,11 +192,3 @@ def test_prefolded_read_falls_back_to_sglang_read(plugin_table):
     for fact in ("is_plain_norm", "reads_before_dp_gather", "reads_after_attn_tp_gather", "fp8_input"):
         assert getattr(bound, fact) == getattr(read.inner, fact)
 
-
-@pytest.mark.interpret
-def test_moe_batches_above_the_measured_crossover_keep_sglang_end(plugin_table, monkeypatch):
-    monkeypatch.setattr(eol, "MOE_FOLD_MAX_ROWS", harness.prompt().shape[0] - 1)
-    with paths(monkeypatch) as calls:
-        ours = _hidden("moe")
-    assert calls["leave"] == calls["take"] == 0, calls
-    assert (ours - _hidden("moe", *OURS)).abs().max().item() <= PARITY_TOL

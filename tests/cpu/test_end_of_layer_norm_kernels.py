@@ -105,16 +105,84 @@ def test_launch_overrides_do_not_change_results(rows_per_program, num_warps):
 
 
 def test_launch_config():
-    assert eol.launch_config(128, 1) == (128, 16, 4)
-    assert eol.launch_config(1536, 1) == (2048, 1, 8)
-    assert eol.launch_config(2816, 1) == (4096, 1, 16)
-    assert eol.launch_config(5376, 1) == (8192, 1, 32)
-    # From MANY_ROWS_MIN rows on, the measured widths take fewer warps; others keep theirs.
-    assert eol.launch_config(2816, eol.MANY_ROWS_MIN - 1) == (4096, 1, 16)
-    assert eol.launch_config(2816, eol.MANY_ROWS_MIN) == (4096, 1, 8)
-    assert eol.launch_config(2560, 16384) == (4096, 1, 8)
-    assert eol.launch_config(1536, 16384) == (2048, 1, 8)
-    assert eol.launch_config(5376, 16384) == (8192, 1, 32)
+    # Few rows: whole rows in registers, padded to a power of two.
+    assert eol.launch_config(128, 1) == (128, 16, 4, "row")
+    assert eol.launch_config(1536, 1) == (2048, 1, 8, "row")
+    assert eol.launch_config(2816, 1) == (4096, 1, 16, "row")
+    assert eol.launch_config(2816, 511) == (4096, 1, 16, "row")
+    assert eol.launch_config(5376, 511) == (8192, 1, 32, "row")
+    # Many rows: the chunked kernel from each width's measured row count.
+    for hidden, (min_rows, chunk, warps) in eol.CHUNKED_TABLE.items():
+        assert eol.launch_config(hidden, min_rows - 1).kernel == "row"
+        assert eol.launch_config(hidden, min_rows) == (chunk, 1, warps, "chunked")
+    assert eol.launch_config(5376, 16384) == (2048, 1, 8, "chunked")
+    assert eol.launch_config(1536, 4096).kernel == "row"
+    # Other widths: the default rule; rows narrower than half a chunk stay whole.
+    min_rows, chunk, warps = eol.CHUNKED_DEFAULT
+    assert eol.launch_config(4096, min_rows) == (chunk, 1, warps, "chunked")
+    assert eol.launch_config(chunk // 2, 16384).kernel == "row"
+    # The row kernel's many-rows widths.
+    assert eol.row_launch(2816, eol.MANY_ROWS_MIN) == (4096, 1, 8, "row")
+    assert eol.row_launch(5376, 16384) == (8192, 1, 32, "row")
+
+
+def _chunked(chunk: int, num_warps: int = 2) -> eol.EndOfLayerLaunch:
+    return eol.EndOfLayerLaunch(chunk, 1, num_warps, "chunked")
+
+
+# (tokens, hidden, chunk): several chunks with a partial last one (1000, 333),
+# chunks that tile the row exactly (128 / 32), and a single chunk.
+CHUNKED_SHAPES = [(3, 128, 32), (2, 1000, 256), (3, 333, 128), (2, 128, 128)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("tokens,hidden,chunk", CHUNKED_SHAPES)
+@pytest.mark.parametrize("kind", KINDS)
+def test_chunked_kernel_matches_reference(kind, tokens, hidden, chunk, dtype):
+    check_case(end_of_layer_case(kind, tokens, hidden, dtype, seed=tokens * hidden), launch=_chunked(chunk))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_chunked_kernel_matches_row_kernel(kind):
+    """Same rounding points as the row kernel: only the fp32 sums' order differs,
+    so nearly every element is equal."""
+    case = end_of_layer_case(kind, 16, 333, torch.bfloat16, seed=17)
+    for row, chunked in zip(case.run(rows_per_program=1, num_warps=4), case.run(launch=_chunked(64))):
+        assert_within_one_rounding(chunked, row, f"{kind} chunked vs row")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_chunked_kernel_over_residual_zero_rows_and_strides(kind):
+    """``out`` aliasing ``residual``, a zero row, tiny magnitudes (eps dominates),
+    rows spaced wider than ``hidden``."""
+    case = end_of_layer_case(kind, 5, 200, torch.bfloat16, scale=SCALES["tiny"], zero_row=True, seed=23)
+    args = list(case.args)
+    wide = torch.randn(5, 264).to(torch.bfloat16)
+    wide[:, :200] = args[0]
+    args[0] = wide[:, :200]
+    case = dataclasses.replace(case, args=tuple(args))
+    want_h, want_next = case.expected()
+    residual = case.residual
+    h, next_in = case.run(out=residual, launch=_chunked(64, 1))
+    assert h.data_ptr() == residual.data_ptr()
+    assert_within_one_rounding(h, want_h, "h")
+    assert_within_one_rounding(next_in, want_next, "next_in")
+    assert torch.count_nonzero(h[2]) == 0 and torch.count_nonzero(next_in[2]) == 0
+
+
+def test_bad_launches_raise():
+    case = end_of_layer_case("moe", 4, 128, torch.bfloat16)
+    bad = {
+        "one row per program": _chunked(32)._replace(rows_per_program=2),
+        "power of two": _chunked(48),
+        "block_h >= hidden": eol.EndOfLayerLaunch(64, 1, 4, "row"),
+        "unknown kernel": eol.EndOfLayerLaunch(128, 1, 4, "segments"),
+    }
+    for message, launch in bad.items():
+        with pytest.raises(ValueError, match=message):
+            case.run(launch=launch)
+    with pytest.raises(ValueError, match="either launch"):
+        case.run(launch=_chunked(32), num_warps=4)
 
 
 def _unsupported(kind: str) -> dict[str, tuple]:

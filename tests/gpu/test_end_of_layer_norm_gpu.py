@@ -8,10 +8,13 @@ Outputs are compared with the fp32 references (torch ops on the same GPU) to
 within one final rounding (tests/end_of_layer_norm_checks.py).
 """
 
+import dataclasses
+
 import pytest
 import torch
 
-from tests.end_of_layer_norm_checks import KINDS, SCALES, check_case, end_of_layer_case
+from sglang_gemma4.kernels import end_of_layer_norm as eol
+from tests.end_of_layer_norm_checks import KINDS, SCALES, assert_within_one_rounding, check_case, end_of_layer_case
 
 pytestmark = pytest.mark.gpu
 
@@ -71,5 +74,32 @@ def test_cuda_graph_reads_scalar_on_device(kind):
 @pytest.mark.parametrize("tokens", [1, 1000, 5000, 20000])
 @pytest.mark.parametrize("kind,hidden", [("ple", 1536), ("ple", 2560), ("moe", 2816), ("dense", 5376)])
 def test_launch_table_matches_reference(kind, hidden, tokens):
-    """Whatever launch_config picks at each size (the many-rows launch from 4096 rows) computes the reference."""
+    """Whatever launch_config picks at each size (the chunked kernel from CHUNKED_TABLE's row counts) computes the reference."""
     check_case(end_of_layer_case(kind, tokens, hidden, torch.bfloat16, seed=tokens, device="cuda"))
+
+
+REAL_WIDTHS = [("ple", 1536), ("ple", 2560), ("moe", 2816), ("dense", 5376)]
+# The chunked kernel's launches the sweep times (benchmarks/sweep_end_of_layer_norm.py).
+CHUNKED = [eol.EndOfLayerLaunch(1024, 1, 4, "chunked"), eol.EndOfLayerLaunch(1024, 1, 8, "chunked"),
+           eol.EndOfLayerLaunch(2048, 1, 8, "chunked")]
+
+
+@pytest.mark.parametrize("launch", CHUNKED, ids=lambda l: f"c{l.block_h}w{l.num_warps}")
+@pytest.mark.parametrize("kind,hidden", REAL_WIDTHS)
+def test_chunked_kernel_at_real_widths(kind, hidden, launch):
+    """Forced chunked launches at 4096 rows (bf16) and 300 rows (fp16, fp32; one
+    also strided, written over its residual)."""
+    check_case(end_of_layer_case(kind, 4096, hidden, torch.bfloat16, seed=6, device="cuda"), launch=launch)
+    for dtype in (torch.float16, torch.float32):
+        check_case(end_of_layer_case(kind, 300, hidden, dtype, seed=7, device="cuda"), launch=launch)
+    case = end_of_layer_case(kind, 257, hidden, torch.bfloat16, zero_row=True, seed=9, device="cuda")
+    wide = torch.randn(257, hidden + 64, device="cuda").to(torch.bfloat16)
+    wide[:, :hidden] = case.args[0]
+    case = dataclasses.replace(case, args=(wide[:, :hidden], *case.args[1:]))
+    want_h, want_next = case.expected()
+    residual = case.residual
+    h, next_in = case.run(out=residual, launch=launch)
+    assert h.data_ptr() == residual.data_ptr()
+    assert_within_one_rounding(h, want_h, "h")
+    assert_within_one_rounding(next_in, want_next, "next_in")
+    assert torch.count_nonzero(h[128]) == 0 and torch.count_nonzero(next_in[128]) == 0

@@ -40,9 +40,20 @@ The next layer's norm then reads the *stored* ``h``::
 so this kernel normalizes the rounded ``h``, which is what SGLang computes with
 a separate launch. With fp32 activations every rounding is the identity.
 
-Traffic: one pass over each input row, two output rows written, weights from
-L2. One program holds ``ROWS`` whole rows in registers; :func:`launch_config`
-picks rows and warps by row width and row count.
+Traffic: one pass over each input row from DRAM, two output rows written,
+weights from L2. Two kernels compute it:
+
+* rows: one program holds ``ROWS`` whole rows in registers (padded to a power
+  of two), every load issued at once (the latency-bound decode sizes);
+* chunks: one row per program, ``CHUNK`` columns at a time, in passes (each
+  unrolled, all its loads in flight), one cross-thread reduction per pass; few
+  registers per program, so many rows in flight per SM (the bandwidth-bound
+  prefill sizes). Later passes re-read the row from L1/L2 and recompute with the
+  same operations. The pass that sums ``h**2`` stores ``h``; the last pass reads
+  the stored ``h`` back for ``next_in`` (the very value the next layer's norm
+  would read).
+
+:func:`launch_config` picks the kernel and its shape by row width and count.
 
 Imports torch and triton only (the GPU benchmark machine has no sglang).
 """
@@ -142,51 +153,174 @@ def _end_of_layer_norm_kernel(
     tl.store(next_ptr + out_offs, round_to(next_in, act, BF16_RNE_BY_BITS).to(act), mask=mask)
 
 
+@triton.jit
+def _load_weight(ptr, cols, col_ok):
+    # Every row reads the weights: keep them in L2.
+    return tl.load(ptr + cols, mask=col_ok, other=0.0, eviction_policy="evict_last").to(tl.float32)
+
+
+@triton.jit
+def _row_inv_rms(lane_sums, hidden, eps):
+    return tl.rsqrt(tl.sum(lane_sums, axis=0) / hidden + eps)
+
+
+@triton.jit
+def _moe_branch_sum(x_row, x2_row, w_a_ptr, w_b_ptr, cols, col_ok, inv_a, inv_b):
+    """``rmsnorm(h1, w1) + rmsnorm(h2, w2)`` of one chunk, fp32, not rounded."""
+    x = tl.load(x_row + cols, mask=col_ok, other=0.0).to(tl.float32)
+    x2 = tl.load(x2_row + cols, mask=col_ok, other=0.0).to(tl.float32)
+    combined = x * inv_a * _load_weight(w_a_ptr, cols, col_ok)
+    return combined + x2 * inv_b * _load_weight(w_b_ptr, cols, col_ok)
+
+
+@triton.jit(do_not_specialize=["n_rows"])
+def _end_of_layer_norm_chunked_kernel(
+    x_ptr,
+    x2_ptr,
+    res_ptr,
+    scalar_ptr,
+    w_a_ptr,
+    w_b_ptr,
+    w_c_ptr,
+    w_next_ptr,
+    out_ptr,
+    next_ptr,
+    n_rows,
+    hidden,
+    x_stride,
+    x2_stride,
+    res_stride,
+    eps,
+    MODE: tl.constexpr,
+    CHUNK: tl.constexpr,
+    NUM_CHUNKS: tl.constexpr,
+    BF16_RNE_BY_BITS: tl.constexpr,
+):
+    """One row per program (``n_rows`` programs), ``CHUNK`` columns at a time.
+
+    Passes, each summing per lane across its chunks and reducing across threads
+    once: (1) the input norms' sums of squares (both branches for MoE); (2, MoE
+    only) the sum of squares of the fp32 branch sum; (3) ``h``, stored, and the
+    sum of squares of the rounded ``h``; (4) ``next_in`` from ``h`` read back.
+    Passes 2 and 3 re-read their inputs from L1/L2 and recompute bit-identically.
+    Only pass 3 reads ``residual`` after pass 1 and each chunk reads it before
+    storing that chunk, so ``out`` may be ``residual``. Lanes past ``hidden``
+    load zeros and contribute nothing to any sum."""
+    row = tl.program_id(0).to(tl.int64)
+    x_row = x_ptr + row * x_stride
+    x2_row = x2_ptr + row * x2_stride
+    res_row = res_ptr + row * res_stride
+    out_row = out_ptr + row * hidden
+    next_row = next_ptr + row * hidden
+    lanes = tl.arange(0, CHUNK)
+    act = out_ptr.dtype.element_ty
+    scalar = tl.load(scalar_ptr).to(tl.float32)
+
+    sum_a = tl.zeros([CHUNK], dtype=tl.float32)
+    sum_b = tl.zeros([CHUNK], dtype=tl.float32)
+    for c in tl.static_range(NUM_CHUNKS):
+        cols = c * CHUNK + lanes
+        col_ok = cols < hidden
+        x = tl.load(x_row + cols, mask=col_ok, other=0.0).to(tl.float32)
+        sum_a += x * x
+        if MODE == 1:
+            x2 = tl.load(x2_row + cols, mask=col_ok, other=0.0).to(tl.float32)
+            sum_b += x2 * x2
+    inv_a = _row_inv_rms(sum_a, hidden, eps)
+    inv_b = _row_inv_rms(sum_b, hidden, eps)
+
+    if MODE == 1:
+        sum_c = tl.zeros([CHUNK], dtype=tl.float32)
+        for c in tl.static_range(NUM_CHUNKS):
+            cols = c * CHUNK + lanes
+            combined = _moe_branch_sum(x_row, x2_row, w_a_ptr, w_b_ptr, cols, cols < hidden, inv_a, inv_b)
+            sum_c += combined * combined
+        inv_c = _row_inv_rms(sum_c, hidden, eps)
+
+    sum_h = tl.zeros([CHUNK], dtype=tl.float32)
+    for c in tl.static_range(NUM_CHUNKS):
+        cols = c * CHUNK + lanes
+        col_ok = cols < hidden
+        res = tl.load(res_row + cols, mask=col_ok, other=0.0).to(tl.float32)
+        if MODE == 1:
+            combined = _moe_branch_sum(x_row, x2_row, w_a_ptr, w_b_ptr, cols, col_ok, inv_a, inv_b)
+            normed = combined * inv_c * _load_weight(w_c_ptr, cols, col_ok)
+            h = round_to((normed + res) * scalar, act, BF16_RNE_BY_BITS)
+        else:
+            x = tl.load(x_row + cols, mask=col_ok, other=0.0).to(tl.float32)
+            normed = x * inv_a * _load_weight(w_a_ptr, cols, col_ok)
+            if MODE == 2:
+                # Eager PLE tail: norm, add and scale each store their output.
+                normed = round_to(normed, act, BF16_RNE_BY_BITS)
+                summed = round_to(normed + res, act, BF16_RNE_BY_BITS)
+                h = round_to(summed * scalar, act, BF16_RNE_BY_BITS)
+            else:
+                h = round_to((normed + res) * scalar, act, BF16_RNE_BY_BITS)
+        tl.store(out_row + cols, h.to(act), mask=col_ok)
+        sum_h += h * h
+    inv_h = _row_inv_rms(sum_h, hidden, eps)
+
+    # Pass 4 reads h as other threads of this program stored it: the barrier
+    # orders those stores before these loads.
+    tl.debug_barrier()
+    for c in tl.static_range(NUM_CHUNKS):
+        cols = c * CHUNK + lanes
+        col_ok = cols < hidden
+        h = tl.load(out_row + cols, mask=col_ok, other=0.0).to(tl.float32)
+        next_in = h * inv_h * _load_weight(w_next_ptr, cols, col_ok)
+        tl.store(next_row + cols, round_to(next_in, act, BF16_RNE_BY_BITS).to(act), mask=col_ok)
+
+
 # --------------------------------------------------------------------------- launch
 
 
 class EndOfLayerLaunch(NamedTuple):
+    """How to launch: ``kernel`` "row" holds ``rows_per_program`` whole rows of
+    ``block_h`` lanes (a power of two >= hidden) per program; "chunked" walks one
+    row per program ``block_h`` (a power of two) columns at a time."""
+
     block_h: int
     rows_per_program: int
     num_warps: int
+    kernel: str = "row"
 
 
-# Measured on the H200 (torch 2.11, triton 3.6, bf16; benchmarks/sweep_end_of_layer_norm.py,
-# 2026-11-29, benchmarks/results/sweep_end_of_layer_norm.json; us per call under
-# CUDA-graph replay, copy bandwidth 4.22 TB/s). From 4096 rows on, 8 warps per
-# 4096-lane row (16 elements per thread, one program per SM) beat the 16 warps
-# of the few-rows rule:
-#   MoE 2816:     4096 rows 38.1-39.3 (16 warps 51.2; torch.compile 45.5),
-#                 16384 rows 139.2-139.5 (16 warps 192.1; compile 164.3);
-#   PLE E4B 2560: 4096 rows 24.7-26.1 (16 warps 28.2; compile 31.7).
-# E2B 1536 (4 warps 14.1 vs 8 warps 14.2 at 4096 rows) and dense 5376 (32 warps
-# 56.8-58.5, 16 warps 59.9; compile 50.4) keep the few-rows rule. Not measured
-# between 128 and 4096 rows nor at 8192. The sweep ran a differently structured
-# build of this kernel (same operations; ptxas at 2816/8 warps: 139 registers
-# there, 140 here, no spills in either), and THIS code did not reproduce its
-# gain: benchmark_end_of_layer_norm.py on the H200 the same day measured MoE
-# 2816 at 52.8 us (4096 rows) and 199.1 us (16384), within noise of the 16-warp
-# rule's 53.8 / 202.8 us of the earlier run (results/end_of_layer_norm.json). Two "many rows" kernels were tried and
-# dropped, both 1.5-4x slower at 4096 rows in every shape: the row split into
-# exact power-of-two segments (2816 = 2048 + 512 + 256, no idle lanes) and one
-# row per program walked in chunks over several passes; in both, each segment
-# or chunk paid its own cross-warp reduction per norm.
+# Row kernel, measured on the H200 (torch 2.11, triton 3.6, bf16;
+# benchmarks/sweep_end_of_layer_norm.py, 2026-11-29,
+# results/sweep_end_of_layer_norm.json, us per call under CUDA-graph replay):
+# from 4096 rows, 8 warps per 4096-lane row beat 16 at 2816 and 2560 in that
+# sweep (MoE 2816 x 4096: 38.1-39.3 vs 51.2), but benchmark_end_of_layer_norm.py
+# the same day measured this code's MoE 2816 at 52.8 us (4096 rows) and 199.1 us
+# (16384), 52-55% of copy bandwidth: whole rows in registers leave few rows in
+# flight per SM. E2B 1536 and dense 5376 keep the few-rows rule there.
 MANY_ROWS_MIN = 4096
 MANY_ROWS_WARPS = {2560: 8, 2816: 8}
 
+# Chunked kernel, measured on the H200 (torch 2.11, triton 3.6, bf16; sweep_end_of_layer_norm.py,
+# results/sweep_end_of_layer_norm.json; copy 4.10 TB/s; us, chunked vs row kernel vs torch.compile):
+#   MoE 2816, 1024 cols x 4 warps: 512 rows 7.4 vs 8.2; 4096 39.6-40.1 vs 52.3 (compile 45.9);
+#     16384 140.1-141.0 vs 199.5 (compile 164.2), 80% of copy;
+#   dense 5376, 2048 x 8: 512 7.3 vs 8.8; 4096 47.4-49.2 vs 57.3 (compile 50.7); 16384 182.0 vs 215.6
+#     (compile 188.9), 94%;
+#   E4B 2560, 1024 x 4: 1024 7.2 vs 7.6; 4096 23.7-24.4 vs 26.9 (compile 31.9); 16384 84.1-85.2 vs 96.5;
+#   E2B 1536, 1024 x 4: 4096 15.7 vs 14.2-14.4 (row stays), 16384 52.4-54.6 vs 55.0.
+# Not measured at 8192 rows; 1 row: the row kernel, unchanged.
+# hidden -> (from this many rows, chunk columns, warps); other widths: CHUNKED_DEFAULT.
+CHUNKED_TABLE = {2816: (512, 1024, 4), 5376: (512, 2048, 8), 2560: (1024, 1024, 4), 1536: (16384, 1024, 4)}
+CHUNKED_DEFAULT = (2048, 1024, 4)
 
-def launch_config(hidden: int, n_rows: int) -> EndOfLayerLaunch:
-    """How to launch the kernel for ``n_rows`` rows of ``hidden`` elements.
 
-    A whole row lives in registers (``block_h`` is ``hidden`` rounded up to a
-    power of two). Narrow rows go several to a program so each program moves a
-    few KB; wide rows get a warp per 256 elements (up to 32), so each thread
-    holds 8 elements of each live row: ptxas (sm_90, triton 3.8) then assigns
-    46-75 registers and spills nothing at Gemma-4's widths (MoE at 2816: 75;
-    dense at 5376: 46; PLE at 1536/2560: 57/51), where 4-8 warps needed
-    140-255 (MoE at 8 warps: 140, no spill). From ``MANY_ROWS_MIN`` rows on, the widths in
-    ``MANY_ROWS_WARPS`` take that many warps instead (measured faster there,
-    see above).
+def row_launch(hidden: int, n_rows: int) -> EndOfLayerLaunch:
+    """The row kernel's launch for ``n_rows`` rows of ``hidden`` elements.
+
+    ``block_h`` is ``hidden`` rounded up to a power of two. Narrow rows go
+    several to a program so each program moves a few KB; wide rows get a warp
+    per 256 elements (up to 32), so each thread holds 8 elements of each live
+    row: ptxas (sm_90, triton 3.8) then assigns 46-75 registers and spills
+    nothing at Gemma-4's widths (MoE at 2816: 75; dense at 5376: 46; PLE at
+    1536/2560: 57/51), where 4-8 warps needed 140-255 (MoE at 8 warps: 140, no
+    spill). From ``MANY_ROWS_MIN`` rows on, the widths in ``MANY_ROWS_WARPS``
+    take that many warps instead (see above).
     """
     block_h = triton.next_power_of_2(hidden)
     num_warps = min(32, max(4, block_h // 256))
@@ -197,6 +331,17 @@ def launch_config(hidden: int, n_rows: int) -> EndOfLayerLaunch:
         rows_per_program=max(1, min(16, 2048 // block_h)),
         num_warps=num_warps,
     )
+
+
+def launch_config(hidden: int, n_rows: int) -> EndOfLayerLaunch:
+    """How to launch the kernels for ``n_rows`` rows of ``hidden`` elements:
+    the chunked kernel from the row count ``CHUNKED_TABLE`` gives for the width
+    (``CHUNKED_DEFAULT`` for rows wider than its chunk elsewhere), else
+    :func:`row_launch`."""
+    min_rows, chunk, num_warps = CHUNKED_TABLE.get(hidden, CHUNKED_DEFAULT)
+    if n_rows >= min_rows and hidden > chunk // 2:
+        return EndOfLayerLaunch(chunk, 1, num_warps, "chunked")
+    return row_launch(hidden, n_rows)
 
 
 # --------------------------------------------------------------------------- support checks
@@ -311,6 +456,7 @@ def _launch(
     out: torch.Tensor | None,
     rows_per_program: int | None,
     num_warps: int | None,
+    launch: EndOfLayerLaunch | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     if problem is not None:
         raise ValueError(f"end_of_layer_norm: unsupported inputs: {problem}")
@@ -322,12 +468,17 @@ def _launch(
     n_rows, hidden = x.shape
     if n_rows == 0:
         return out, next_in
-    config = launch_config(hidden, n_rows)
-    rows = rows_per_program or config.rows_per_program
-    if rows & (rows - 1):
-        raise ValueError(f"rows_per_program must be a power of two, got {rows}")
+    if launch is not None and (rows_per_program or num_warps):
+        raise ValueError("pass either launch or rows_per_program/num_warps")
+    if launch is None and (rows_per_program or num_warps):
+        # rows_per_program/num_warps override the row kernel's own launch.
+        row = row_launch(hidden, n_rows)
+        launch = row._replace(
+            rows_per_program=rows_per_program or row.rows_per_program, num_warps=num_warps or row.num_warps
+        )
+    launch = launch or launch_config(hidden, n_rows)
     x2 = x if x2 is None else x2
-    _end_of_layer_norm_kernel[(triton.cdiv(n_rows, rows),)](
+    args = (
         x,
         x2,
         residual,
@@ -344,12 +495,29 @@ def _launch(
         x2.stride(0),
         residual.stride(0),
         eps,
-        MODE=mode,
-        ROWS=rows,
-        BLOCK_H=config.block_h,
-        BF16_RNE_BY_BITS=triton_interpreting() and x.dtype == torch.bfloat16,
-        num_warps=num_warps or config.num_warps,
     )
+    bf16_by_bits = triton_interpreting() and x.dtype == torch.bfloat16
+    if launch.block_h < 1 or launch.block_h & (launch.block_h - 1):
+        raise ValueError(f"block_h must be a power of two: {launch}")
+    if launch.kernel == "row":
+        rows = launch.rows_per_program
+        if rows < 1 or rows & (rows - 1):
+            raise ValueError(f"rows_per_program must be a power of two, got {rows}")
+        if launch.block_h < hidden:
+            raise ValueError(f"the row kernel needs block_h >= hidden ({hidden}): {launch}")
+        _end_of_layer_norm_kernel[(triton.cdiv(n_rows, rows),)](
+            *args, MODE=mode, ROWS=rows, BLOCK_H=launch.block_h, BF16_RNE_BY_BITS=bf16_by_bits,
+            num_warps=launch.num_warps,
+        )
+    elif launch.kernel == "chunked":
+        if launch.rows_per_program != 1:
+            raise ValueError(f"the chunked kernel takes one row per program: {launch}")
+        _end_of_layer_norm_chunked_kernel[(n_rows,)](
+            *args, MODE=mode, CHUNK=launch.block_h, NUM_CHUNKS=triton.cdiv(hidden, launch.block_h),
+            BF16_RNE_BY_BITS=bf16_by_bits, num_warps=launch.num_warps,
+        )
+    else:
+        raise ValueError(f"unknown kernel {launch.kernel!r}")
     return out, next_in
 
 
@@ -364,6 +532,7 @@ def dense_end_of_layer_norm(
     out: torch.Tensor | None = None,
     rows_per_program: int | None = None,
     num_warps: int | None = None,
+    launch: EndOfLayerLaunch | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(h, next_in)`` of a dense layer's end, one launch.
 
@@ -373,12 +542,14 @@ def dense_end_of_layer_norm(
     stride, one dtype; weights ``[H]``; ``layer_scalar`` one element, read on the
     device. ``h`` goes to ``out`` when given (may be ``residual`` itself: each
     program reads its rows before writing them). ``eps`` serves both norms.
-    Unsupported inputs (see :func:`supports_dense`) raise ``ValueError``.
+    ``launch`` (or ``rows_per_program``/``num_warps`` for the row kernel)
+    overrides :func:`launch_config` (tests, sweeps). Unsupported inputs (see
+    :func:`supports_dense`) raise ``ValueError``.
     """
     problem = _dense_problem(x, w_post_ff, residual, layer_scalar, w_next)
     return _launch(
         DENSE, problem, x, None, residual, layer_scalar, w_post_ff, None, None, w_next, eps,
-        out, rows_per_program, num_warps,
+        out, rows_per_program, num_warps, launch,
     )
 
 
@@ -396,6 +567,7 @@ def moe_end_of_layer_norm(
     out: torch.Tensor | None = None,
     rows_per_program: int | None = None,
     num_warps: int | None = None,
+    launch: EndOfLayerLaunch | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(h, next_in)`` of a MoE layer's end, one launch.
 
@@ -407,7 +579,7 @@ def moe_end_of_layer_norm(
     problem = _moe_problem(h_dense, w_post_ff_1, h_moe, w_post_ff_2, w_post_ff, residual, layer_scalar, w_next)
     return _launch(
         MOE, problem, h_dense, h_moe, residual, layer_scalar, w_post_ff_1, w_post_ff_2, w_post_ff, w_next, eps,
-        out, rows_per_program, num_warps,
+        out, rows_per_program, num_warps, launch,
     )
 
 
@@ -422,6 +594,7 @@ def ple_end_of_layer_norm(
     out: torch.Tensor | None = None,
     rows_per_program: int | None = None,
     num_warps: int | None = None,
+    launch: EndOfLayerLaunch | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(h, next_in)`` of a PLE layer's end, one launch.
 
@@ -434,7 +607,7 @@ def ple_end_of_layer_norm(
     problem = _ple_problem(x, w_post_ple, residual, layer_scalar, w_next)
     return _launch(
         PLE, problem, x, None, residual, layer_scalar, w_post_ple, None, None, w_next, eps,
-        out, rows_per_program, num_warps,
+        out, rows_per_program, num_warps, launch,
     )
 
 

@@ -33,8 +33,7 @@ How (the shared hooks are in :mod:`.decoder_layer`):
   the layers that replaces the stream (a capture, a gather, another micro
   batch) gets SGLang's read instead.
 
-Falls back to SGLang's separate norm launch: MoE batches of more than
-``MOE_FOLD_MAX_ROWS`` rows (measured slower there), the last layer of a rank, a read
+Falls back to SGLang's separate norm launch: the last layer of a rank, a read
 that wants a quantized input or a post-residual addition, a next norm that
 rounds differently or has another eps, inputs the kernels do not take
 (``supports_*``: dtype, layout, empty batch, a row too long), while
@@ -206,20 +205,10 @@ def fold_dense(
     return (post_ff(mlp_out) + residual) * layer.layer_scalar, None
 
 
-# The MoE variant is slower than SGLang's two launches from 2048 rows on (H200,
-# benchmarks/results/end_of_layer_norm.json: 27.4 vs 26.4 us at 2048, 52.8 vs
-# 49.6 at 4096, 199 vs 175 at 16384; 1.25-1.82x faster at 1-512 rows): larger
-# batches (prefill) keep SGLang's end and input norm.
-MOE_FOLD_MAX_ROWS = 2047
-
-
 def fold_moe(
     layer: torch.nn.Module, dense_out: torch.Tensor, moe_out: torch.Tensor, residual: torch.Tensor, nxt: torch.nn.Module
 ) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """``(h, next_in)`` of a MoE layer by the folded kernel, or None (also for more
-    than ``MOE_FOLD_MAX_ROWS`` rows)."""
-    if residual.dim() != 2 or residual.shape[0] > MOE_FOLD_MAX_ROWS:
-        return None
+    """``(h, next_in)`` of a MoE layer by the folded kernel, or None."""
     norms = (layer.post_feedforward_layernorm_1, layer.post_feedforward_layernorm_2, layer.post_feedforward_layernorm)
     if not all(rounds_like_rmsnorm(n) for n in norms) or not _eps_match(nxt, *(n.variance_epsilon for n in norms)):
         return None
