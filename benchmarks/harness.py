@@ -13,10 +13,12 @@ from __future__ import annotations
 import datetime as _dt
 import itertools
 import json
+import multiprocessing
 import os
 import statistics
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -189,3 +191,25 @@ def print_table(rows: list[dict], keys: Sequence[str]) -> None:
     print(" ".join(f"{k:>12}" for k in keys))
     for r in rows:
         print(" ".join(f"{r.get(k, ''):>12}" if not isinstance(r.get(k), float) else f"{r[k]:>12.2f}" for k in keys))
+
+
+def precompile_in_processes(work: Sequence[tuple[Callable[[list], int], list]], workers: int) -> int:
+    """Run each ``(fn, jobs)`` of ``work`` as ``fn(slice)`` over ``workers`` interleaved
+    slices of ``jobs``, in spawned processes; ``fn`` returns how many of its jobs
+    failed. Triton's and Inductor's caches live on disk, so the timing process
+    that follows finds every kernel built. Returns the failures."""
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        futures = [pool.submit(fn, jobs[i::workers]) for fn, jobs in work for i in range(workers)]
+        failed = sum(f.result() for f in futures)
+    print(f"precompiled {sum(len(jobs) for _, jobs in work)} jobs in {workers} processes ({failed} failed)", flush=True)
+    return failed
+
+
+def inductor_autotunes_in_this_process() -> None:
+    """Inductor picks its kernel configs in the timing process, on an idle GPU, not
+    from the on-disk cache the precompile processes (sharing the GPU) filled."""
+    import torch._inductor.config as inductor_config
+
+    if hasattr(inductor_config, "autotune_local_cache"):
+        inductor_config.autotune_local_cache = False

@@ -29,12 +29,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import os
 import sys
 import time
 import traceback
-from concurrent.futures import ProcessPoolExecutor
 from functools import partial
 from pathlib import Path
 
@@ -93,12 +91,7 @@ def check_ok(c: dict) -> bool:
 
 def _configure_inductor() -> None:
     bench.allow_one_compile_per_shape()
-    # The timed process must pick Inductor's kernel configs itself, on an idle
-    # GPU: not cached from the precompile processes, which shared the GPU.
-    import torch._inductor.config as inductor_config
-
-    if hasattr(inductor_config, "autotune_local_cache"):
-        inductor_config.autotune_local_cache = False
+    harness.inductor_autotunes_in_this_process()
 
 
 def all_jobs(models: list[str], tokens_list: list[int], compile_min_tokens: int) -> list[tuple]:
@@ -134,14 +127,6 @@ def compile_jobs(jobs: list[tuple]) -> int:
             traceback.print_exc()
     torch.cuda.synchronize()
     return failed
-
-
-def precompile(jobs: list[tuple], workers: int) -> None:
-    chunks = [jobs[i::workers] for i in range(workers)]
-    ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-        failed = sum(pool.map(compile_jobs, chunks))
-    print(f"precompiled {len(jobs)} jobs in {workers} processes ({failed} failed)", flush=True)
 
 
 # --------------------------------------------------------------------------- sweep
@@ -229,7 +214,8 @@ def main() -> None:
     if not args.dry_run:
         _configure_inductor()
         if args.workers > 0:
-            precompile(all_jobs(args.models, tokens_list, args.compile_min_tokens), args.workers)
+            jobs = all_jobs(args.models, tokens_list, args.compile_min_tokens)
+            harness.precompile_in_processes([(compile_jobs, jobs)], args.workers)
         print(f"[{time.perf_counter() - started:6.1f}s] precompiled", flush=True)
         while args.wait_for and not args.wait_for.exists():
             time.sleep(1)

@@ -29,13 +29,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import os
 import statistics
 import sys
 import time
 import traceback
-from concurrent.futures import ProcessPoolExecutor
 from functools import partial
 from pathlib import Path
 
@@ -199,12 +197,7 @@ def _bench():
 
 def _configure_inductor() -> None:
     _bench().allow_one_compile_per_shape()
-    # The timed process must pick Inductor's kernel configs itself, on an idle
-    # GPU: not cached from the precompile processes, which shared the GPU.
-    import torch._inductor.config as inductor_config
-
-    if hasattr(inductor_config, "autotune_local_cache"):
-        inductor_config.autotune_local_cache = False
+    harness.inductor_autotunes_in_this_process()
 
 
 def all_jobs(hidden_sizes: list[int], tokens_list: list[int]) -> list[tuple]:
@@ -242,14 +235,6 @@ def compile_jobs(jobs: list[tuple]) -> int:
             traceback.print_exc()
     torch.cuda.synchronize()
     return failed
-
-
-def precompile(jobs: list[tuple], workers: int) -> None:
-    chunks = [jobs[i::workers] for i in range(workers)]
-    ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-        failed = sum(pool.map(compile_jobs, chunks))
-    print(f"precompiled {len(jobs)} jobs in {workers} processes ({failed} failed)", flush=True)
 
 
 # --------------------------------------------------------------------------- sweep
@@ -341,7 +326,7 @@ def main() -> None:
     if not args.dry_run:
         _configure_inductor()
         if args.workers > 0:
-            precompile(all_jobs(args.hidden, tokens_list), args.workers)
+            harness.precompile_in_processes([(compile_jobs, all_jobs(args.hidden, tokens_list))], args.workers)
         print(f"[{time.perf_counter() - started:6.1f}s] precompiled", flush=True)
         while args.wait_for and not args.wait_for.exists():
             time.sleep(1)

@@ -32,12 +32,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import os
 import sys
 import time
 import traceback
-from concurrent.futures import ProcessPoolExecutor
 from functools import partial
 from pathlib import Path
 from typing import Callable
@@ -150,15 +148,6 @@ def compile_references(shapes: list[tuple[str, int, int]]) -> int:
     return failed
 
 
-def precompile(kernel_jobs: list, reference_jobs: list, workers: int) -> None:
-    ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-        futures = [pool.submit(compile_references, reference_jobs[i::workers]) for i in range(workers)]
-        futures += [pool.submit(compile_kernels, kernel_jobs[i::workers]) for i in range(workers)]
-        failed = sum(f.result() for f in futures)
-    print(f"precompiled {len(kernel_jobs)} kernels, {len(reference_jobs)} references ({failed} failed)", flush=True)
-
-
 # --------------------------------------------------------------------------- sweep
 
 
@@ -263,7 +252,9 @@ def main() -> None:
         bench.allow_one_compile_per_shape()
         if args.workers > 0:
             references = [(mode, hidden, t) for t in tokens_list for mode, hidden in cases if compiles(mode, t)]
-            precompile(all_launches(cases, tokens_list), references, args.workers)
+            harness.precompile_in_processes(
+                [(compile_references, references), (compile_kernels, all_launches(cases, tokens_list))], args.workers
+            )
             print(f"[{time.perf_counter() - started:6.1f}s] precompiled", flush=True)
     copy_bw = 4.2 if args.dry_run else harness.copy_bandwidth_TBps()
     print(f"copy bandwidth {copy_bw:.2f} TB/s", flush=True)
