@@ -192,3 +192,28 @@ def test_prefolded_read_falls_back_to_sglang_read(plugin_table):
     for fact in ("is_plain_norm", "reads_before_dp_gather", "reads_after_attn_tp_gather", "fp8_input"):
         assert getattr(bound, fact) == getattr(read.inner, fact)
 
+
+
+def _cast_before_weight(layer):
+    layer.pre_feedforward_layernorm.cast_x_before_out_mul = True
+
+
+def _other_eps(layer):
+    layer.post_attention_layernorm.variance_epsilon = 1e-5
+
+
+@pytest.mark.interpret
+@pytest.mark.parametrize("modify", [_cast_before_weight, _other_eps], ids=["cast_before_weight", "unequal_eps"])
+def test_pair_read_falls_back_for_norms_that_round_differently(plugin_table, monkeypatch, modify):
+    model = harness.build_pair("dense").sglang
+    for layer in model.model.layers:
+        modify(layer)
+    with paths(monkeypatch) as calls:
+        ours = _hidden("dense", model=model)
+    assert calls["pair"] == 0, calls
+    with registry.suspended(*OURS):
+        stock = harness.build_pair("dense").sglang
+        for layer in stock.model.layers:
+            modify(layer)
+        want = _hidden("dense", model=stock)
+    assert (ours - want).abs().max().item() <= PARITY_TOL
