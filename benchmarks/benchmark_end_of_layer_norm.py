@@ -130,15 +130,7 @@ def measure(model: str, kind: str, hidden: int, tokens: int, copy_bw: float) -> 
     }
     check_outputs_agree(sets[0], impls)
     base = {"op": "end_of_layer_norm", "model": model, "layer": kind, "hidden": hidden, "tokens": tokens}
-    rows = []
-    for name in IMPLS:
-        fn = impls[name]
-        us = harness.graph_us([partial(fn, s) for s in sets])
-        launches = harness.count_launches(partial(fn, sets[0]))
-        rows.append({**base, "impl": name, "us": round(us, 3), "launches": launches, "bytes": nbytes})
-    floor_us = nbytes / (copy_bw * 1e12) * 1e6
-    rows.append({**base, "impl": "floor", "us": round(floor_us, 3), "launches": 0, "bytes": nbytes})
-    return rows
+    return harness.timed_rows(impls, IMPLS, sets, base, nbytes, copy_bw)
 
 
 def launch_sweep(model: str, kind: str, hidden: int, copy_bw: float) -> list[dict]:
@@ -165,18 +157,7 @@ def launch_sweep(model: str, kind: str, hidden: int, copy_bw: float) -> list[dic
 def summarize(rows: list[dict]) -> list[dict]:
     table = []
     for (model, tokens), impls in harness.impls_by_size(rows, "model", "tokens"):
-        fused_us = impls["fused"]["us"]
-        line = {
-            "model": model,
-            "tokens": tokens,
-            "fused_us": fused_us,
-            "sglang_us": impls["sglang"]["us"],
-            "compile_us": impls["torch_compile"]["us"],
-            "floor_us": impls["floor"]["us"],
-            "copy_pct": 100 * impls["floor"]["us"] / fused_us,
-            "x_sglang": impls["sglang"]["us"] / fused_us,
-            "x_compile": impls["torch_compile"]["us"] / fused_us,
-        }
+        line = {"model": model, "tokens": tokens, **harness.against_baselines(impls)}
         verdicts = [] if line["x_compile"] >= 1.0 else ["SLOWER_THAN_COMPILE"]
         if tokens >= LARGE_TOKENS_MIN and line["copy_pct"] < 100 * COPY_FRACTION_MIN:
             verdicts.append("BELOW_85PCT_COPY")

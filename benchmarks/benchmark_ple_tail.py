@@ -141,33 +141,14 @@ def measure(model: str, hidden: int, num_layers: int, tokens: int, compiled: Cal
     impls = {"fused": fused, "sglang": sglang_sequence, "torch_compile": compiled, "eager": eager_reference}
     check_outputs_agree(sets, impls)
     base = {"op": "ple_tail", "model": model, "hidden": hidden, "per_layer_dim": PER_LAYER_DIM, "tokens": tokens}
-    rows = []
-    for name in IMPLS:
-        fn = impls[name]
-        us = harness.graph_us([partial(fn, s) for s in sets])
-        launches = harness.count_launches(partial(fn, sets[0]))
-        rows.append({**base, "impl": name, "us": round(us, 3), "launches": launches, "bytes": nbytes})
-    floor_us = nbytes / (copy_bw * 1e12) * 1e6
-    rows.append({**base, "impl": "floor", "us": round(floor_us, 3), "launches": 0, "bytes": nbytes})
-    return rows
+    return harness.timed_rows(impls, IMPLS, sets, base, nbytes, copy_bw)
 
 
 def summarize(rows: list[dict]) -> list[dict]:
     """Per (model, tokens): fused vs each target of issue 3."""
     table = []
     for (model, tokens), impls in harness.impls_by_size(rows, "model", "tokens"):
-        fused_us = impls["fused"]["us"]
-        line = {
-            "model": model,
-            "tokens": tokens,
-            "fused_us": fused_us,
-            "sglang_us": impls["sglang"]["us"],
-            "compile_us": impls["torch_compile"]["us"],
-            "floor_us": impls["floor"]["us"],
-            "copy_pct": 100 * impls["floor"]["us"] / fused_us,
-            "x_sglang": impls["sglang"]["us"] / fused_us,
-            "x_compile": impls["torch_compile"]["us"] / fused_us,
-        }
+        line = {"model": model, "tokens": tokens, **harness.against_baselines(impls)}
         verdicts = ["ok" if line["x_compile"] >= 1.0 else "SLOWER_THAN_COMPILE"]
         if tokens <= SMALL_TOKENS_MAX:
             verdicts.append("ok" if line["x_sglang"] >= SPEEDUP_VS_SGLANG_MIN else "BELOW_2X_SGLANG")

@@ -257,36 +257,17 @@ def measure(
     check_outputs_agree(sets[0], impls, mode.eager)
     impls["plain_rmsnorm"] = plain_rmsnorm
     base = {"op": mode.op, "model": model, "hidden": hidden, "tokens": tokens}
-    rows = []
-    for name in IMPLS:
-        fn = impls[name]
-        us = harness.graph_us([partial(fn, s) for s in sets])
-        launches = harness.count_launches(partial(fn, sets[0]))
-        row_bytes = plain_rmsnorm_bytes(tokens, hidden) if name == "plain_rmsnorm" else nbytes
-        rows.append({**base, "impl": name, "us": round(us, 3), "launches": launches, "bytes": row_bytes})
-    floor_us = nbytes / (copy_bw * 1e12) * 1e6
-    rows.append({**base, "impl": "floor", "us": round(floor_us, 3), "launches": 0, "bytes": nbytes})
-    return rows
+    plain_bytes = {"plain_rmsnorm": plain_rmsnorm_bytes(tokens, hidden)}
+    return harness.timed_rows(impls, IMPLS, sets, base, nbytes, copy_bw, bytes_of=plain_bytes)
 
 
 def summarize(rows: list[dict]) -> list[dict]:
     """Per (model, tokens): the fused kernel against each of issue 8's targets."""
     table = []
     for (hidden, tokens), impls in harness.impls_by_size(rows, "hidden", "tokens"):
-        fused_us = impls["fused"]["us"]
-        line = {
-            "hidden": hidden,
-            "tokens": tokens,
-            "fused_us": fused_us,
-            "plain_us": impls["plain_rmsnorm"]["us"],
-            "sglang_us": impls["sglang"]["us"],
-            "compile_us": impls["torch_compile"]["us"],
-            "floor_us": impls["floor"]["us"],
-            "copy_pct": 100 * impls["floor"]["us"] / fused_us,
-            "x_plain": fused_us / impls["plain_rmsnorm"]["us"],
-            "x_sglang": impls["sglang"]["us"] / fused_us,
-            "x_compile": impls["torch_compile"]["us"] / fused_us,
-        }
+        line = {"hidden": hidden, "tokens": tokens, **harness.against_baselines(impls)}
+        line["plain_us"] = impls["plain_rmsnorm"]["us"]
+        line["x_plain"] = line["fused_us"] / impls["plain_rmsnorm"]["us"]
         misses = []
         if line["x_compile"] < 1.0:
             misses.append("SLOWER_THAN_COMPILE")

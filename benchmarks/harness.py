@@ -19,6 +19,7 @@ import statistics
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -116,6 +117,46 @@ def input_sets(nbytes_per_set: int, cap: int = 8, l2_bytes: int = 120 << 20) -> 
     if nbytes_per_set <= 0:
         return 1
     return max(1, min(cap, -(-l2_bytes // nbytes_per_set)))
+
+
+def timed_rows(
+    impls: dict[str, Callable],
+    names: Sequence[str],
+    sets: Sequence,
+    base: dict,
+    nbytes: int,
+    copy_bw: float,
+    bytes_of: dict[str, int] | None = None,
+) -> list[dict]:
+    """One row per implementation in ``names`` (``impls[name](input_set)`` timed by
+    :func:`graph_us` over ``sets``, launches counted on the first), then the
+    ``floor`` row: ``nbytes`` at the copy bandwidth. Rows are ``base`` plus impl,
+    us, launches and bytes (``nbytes``, or ``bytes_of[name]`` where given)."""
+    rows = []
+    for name in names:
+        fn = impls[name]
+        us = graph_us([partial(fn, s) for s in sets])
+        launches = count_launches(partial(fn, sets[0]))
+        row_bytes = (bytes_of or {}).get(name, nbytes)
+        rows.append({**base, "impl": name, "us": round(us, 3), "launches": launches, "bytes": row_bytes})
+    floor_us = nbytes / (copy_bw * 1e12) * 1e6
+    rows.append({**base, "impl": "floor", "us": round(floor_us, 3), "launches": 0, "bytes": nbytes})
+    return rows
+
+
+def against_baselines(impls: dict[str, dict]) -> dict:
+    """The fused row of one size against SGLang's sequence, torch.compile and the
+    floor: their microseconds, % of copy bandwidth (floor / fused) and speed-ups."""
+    fused_us = impls["fused"]["us"]
+    return {
+        "fused_us": fused_us,
+        "sglang_us": impls["sglang"]["us"],
+        "compile_us": impls["torch_compile"]["us"],
+        "floor_us": impls["floor"]["us"],
+        "copy_pct": 100 * impls["floor"]["us"] / fused_us,
+        "x_sglang": impls["sglang"]["us"] / fused_us,
+        "x_compile": impls["torch_compile"]["us"] / fused_us,
+    }
 
 
 def impls_by_size(rows: list[dict], *keys: str) -> list[tuple[tuple, dict[str, dict]]]:

@@ -21,3 +21,24 @@ def test_precompile_hands_every_job_to_exactly_one_process(capsys):
 @pytest.mark.parametrize("script", ["sweep_triple_rmsnorm", "sweep_ple_tail", "sweep_end_of_layer_norm"])
 def test_sweep_scripts_import(script):
     importlib.import_module(script)
+
+
+def test_timed_rows_time_each_impl_then_add_the_floor(monkeypatch):
+    monkeypatch.setattr(harness, "graph_us", lambda fns: 10.0 * len(fns) + fns[0]())
+    monkeypatch.setattr(harness, "count_launches", lambda fn: fn() // 1)
+    impls = {"fused": lambda s: s, "sglang": lambda s: 4 * s, "unused": None}
+    rows = harness.timed_rows(
+        impls, ["fused", "sglang"], [1, 2], {"tokens": 8}, nbytes=4_200_000, copy_bw=4.2, bytes_of={"sglang": 7}
+    )
+    assert rows == [
+        {"tokens": 8, "impl": "fused", "us": 21.0, "launches": 1, "bytes": 4_200_000},
+        {"tokens": 8, "impl": "sglang", "us": 24.0, "launches": 4, "bytes": 7},
+        {"tokens": 8, "impl": "floor", "us": 1.0, "launches": 0, "bytes": 4_200_000},
+    ]
+
+
+def test_against_baselines():
+    line = harness.against_baselines({n: {"us": us} for n, us in
+                                      [("fused", 2.0), ("sglang", 5.0), ("torch_compile", 3.0), ("floor", 1.5)]})
+    assert line == {"fused_us": 2.0, "sglang_us": 5.0, "compile_us": 3.0, "floor_us": 1.5,
+                    "copy_pct": 75.0, "x_sglang": 2.5, "x_compile": 1.5}
