@@ -1,8 +1,9 @@
 """Shared measurement code for the GPU benchmarks (METHOD.md's rules in one place).
 
 Every benchmark script builds callables for each implementation, hands them to
-:func:`graph_us` (median microseconds per call under CUDA-graph replay, several
-input sets rotated so repeated calls do not measure L2), and writes one JSON file
+:func:`graph_us_interleaved` (median microseconds per call under CUDA-graph
+replay, several input sets rotated so repeated calls do not measure L2, the
+implementations timed in turns), and writes one JSON file
 plus one PNG in the format of DESIGN.md section 9 through :func:`write_results`.
 
 Runs without sglang: the GPU machine has torch + triton only.
@@ -26,7 +27,7 @@ from typing import Callable, Sequence
 import torch
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-WARMUP_S = 0.02  # graph_us's warm-up replays, seconds
+WARMUP_S = 0.02  # warm-up replays before timing, seconds
 
 
 def out_dir() -> Path:
@@ -68,22 +69,13 @@ def count_launches(fn: Callable[[], object]) -> int:
     )
 
 
-def graph_us(
-    fns: Sequence[Callable[[], object]],
-    *,
-    calls_per_graph: int = 20,
-    replays: int = 50,
-) -> float:
-    """Median microseconds per call, timed by replaying a CUDA graph.
-
-    ``fns`` are closures over different input sets of the same shape; the graph
-    calls them in rotation (``calls_per_graph`` calls in all), so small problems
-    are not timed out of a warm L2 more than the real model would be.
-    """
+def _captured_graph(fns: Sequence[Callable[[], object]], calls_per_graph: int) -> torch.cuda.CUDAGraph:
+    """A CUDA graph of ``calls_per_graph`` calls of ``fns`` in rotation (each run
+    once first, outside the capture, to compile and autotune)."""
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
-        for f in fns:  # compile / autotune outside the capture
+        for f in fns:
             f()
     torch.cuda.current_stream().wait_stream(stream)
     torch.cuda.synchronize()
@@ -91,16 +83,10 @@ def graph_us(
     with torch.cuda.graph(graph):
         for i in range(calls_per_graph):
             fns[i % len(fns)]()
-    # Replay for WARMUP_S before timing: the GPU idled while the inputs were built
-    # and the code compiled, and a GPU back from idle may run slow at first, which
-    # would penalize whichever implementation a benchmark times first (a suspect
-    # for the ~1 us run-to-run spread seen at decode sizes).
-    warm_until = time.perf_counter() + WARMUP_S
-    for i in itertools.count():
-        graph.replay()
-        torch.cuda.synchronize()
-        if i >= 2 and time.perf_counter() >= warm_until:
-            break
+    return graph
+
+
+def _us_per_call(graph: torch.cuda.CUDAGraph, replays: int, calls_per_graph: int) -> list[float]:
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     times = []
     for _ in range(replays):
@@ -109,7 +95,55 @@ def graph_us(
         end.record()
         end.synchronize()
         times.append(start.elapsed_time(end) * 1e3 / calls_per_graph)
-    return statistics.median(times)
+    return times
+
+
+def graph_us_interleaved(
+    fns_by_name: dict[str, Sequence[Callable[[], object]]],
+    *,
+    calls_per_graph: int = 20,
+    replays: int = 50,
+    rounds: int = 5,
+) -> dict[str, float]:
+    """Median microseconds per call of each entry, timed by replaying CUDA graphs in turns.
+
+    Each entry's ``fns`` are closures over different input sets of one shape; its
+    graph calls them in rotation (``calls_per_graph`` calls), so small problems
+    are not timed out of a warm L2 more than the real model would be. All graphs
+    are captured first, replayed together for ``WARMUP_S`` (the GPU idled while
+    the inputs were built and the code compiled, and a GPU back from idle may
+    run slow at first), then timed in ``rounds`` turns of ``replays // rounds``
+    replays each, entry after entry: a drift of the clocks during the
+    measurement then reaches every entry alike instead of whichever ran last
+    (timed one after another, the same kernel moved by ~0.4 us between runs at
+    decode sizes).
+    """
+    graphs = {name: _captured_graph(fns, calls_per_graph) for name, fns in fns_by_name.items()}
+    warm_until = time.perf_counter() + WARMUP_S
+    for i in itertools.count():
+        for graph in graphs.values():
+            graph.replay()
+        torch.cuda.synchronize()
+        if i >= 2 and time.perf_counter() >= warm_until:
+            break
+    samples: dict[str, list[float]] = {name: [] for name in graphs}
+    per_turn = max(1, replays // rounds)
+    for _ in range(rounds):
+        for name, graph in graphs.items():
+            samples[name] += _us_per_call(graph, per_turn, calls_per_graph)
+    del graphs
+    return {name: statistics.median(times) for name, times in samples.items()}
+
+
+def graph_us(
+    fns: Sequence[Callable[[], object]],
+    *,
+    calls_per_graph: int = 20,
+    replays: int = 50,
+) -> float:
+    """Median microseconds per call of one implementation: :func:`graph_us_interleaved`
+    with a single entry (one turn of ``replays`` replays)."""
+    return graph_us_interleaved({"": fns}, calls_per_graph=calls_per_graph, replays=replays, rounds=1)[""]
 
 
 def input_sets(nbytes_per_set: int, cap: int = 8, l2_bytes: int = 120 << 20) -> int:
@@ -128,17 +162,17 @@ def timed_rows(
     copy_bw: float,
     bytes_of: dict[str, int] | None = None,
 ) -> list[dict]:
-    """One row per implementation in ``names`` (``impls[name](input_set)`` timed by
-    :func:`graph_us` over ``sets``, launches counted on the first), then the
-    ``floor`` row: ``nbytes`` at the copy bandwidth. Rows are ``base`` plus impl,
-    us, launches and bytes (``nbytes``, or ``bytes_of[name]`` where given)."""
+    """One row per implementation in ``names`` (``impls[name](input_set)`` timed
+    over ``sets`` by :func:`graph_us_interleaved`, all names in turns; launches
+    counted on the first set), then the ``floor`` row: ``nbytes`` at the copy
+    bandwidth. Rows are ``base`` plus impl, us, launches and bytes (``nbytes``,
+    or ``bytes_of[name]`` where given)."""
+    times = graph_us_interleaved({name: [partial(impls[name], s) for s in sets] for name in names})
     rows = []
     for name in names:
-        fn = impls[name]
-        us = graph_us([partial(fn, s) for s in sets])
-        launches = count_launches(partial(fn, sets[0]))
+        launches = count_launches(partial(impls[name], sets[0]))
         row_bytes = (bytes_of or {}).get(name, nbytes)
-        rows.append({**base, "impl": name, "us": round(us, 3), "launches": launches, "bytes": row_bytes})
+        rows.append({**base, "impl": name, "us": round(times[name], 3), "launches": launches, "bytes": row_bytes})
     floor_us = nbytes / (copy_bw * 1e12) * 1e6
     rows.append({**base, "impl": "floor", "us": round(floor_us, 3), "launches": 0, "bytes": nbytes})
     return rows

@@ -386,12 +386,11 @@ def measure(k: LayerKind, tokens: int, impls: dict[str, Callable]) -> list[dict]
         "op": "layer_decode", "model": k.model, "layer": k.name, "kind": k.kind, "kv_shared": k.kv_shared,
         "hidden": k.hidden, "tokens": tokens, "layers_of_kind": k.layers,
     }
-    rows = []
-    for name, fn in impls.items():
-        fn = partial(fn, k)
-        us = harness.graph_us([partial(fn, s) for s in sets])
-        rows.append({**base, "impl": name, "us": round(us, 3), "launches": harness.count_launches(partial(fn, sets[0])), "bytes": None})
-    return rows
+    times = harness.graph_us_interleaved({name: [partial(fn, k, s) for s in sets] for name, fn in impls.items()})
+    return [
+        {**base, "impl": name, "us": round(times[name], 3), "launches": harness.count_launches(partial(fn, k, sets[0])), "bytes": None}
+        for name, fn in impls.items()
+    ]
 
 
 def summarize(rows: list[dict]) -> list[dict]:

@@ -24,7 +24,13 @@ def test_sweep_scripts_import(script):
 
 
 def test_timed_rows_time_each_impl_then_add_the_floor(monkeypatch):
-    monkeypatch.setattr(harness, "graph_us", lambda fns: 10.0 * len(fns) + fns[0]())
+    timed_together = []
+
+    def interleaved(fns_by_name):
+        timed_together.append(sorted(fns_by_name))
+        return {name: 10.0 * len(fns) + fns[0]() for name, fns in fns_by_name.items()}
+
+    monkeypatch.setattr(harness, "graph_us_interleaved", interleaved)
     monkeypatch.setattr(harness, "count_launches", lambda fn: fn() // 1)
     impls = {"fused": lambda s: s, "sglang": lambda s: 4 * s, "unused": None}
     rows = harness.timed_rows(
@@ -35,6 +41,7 @@ def test_timed_rows_time_each_impl_then_add_the_floor(monkeypatch):
         {"tokens": 8, "impl": "sglang", "us": 24.0, "launches": 4, "bytes": 7},
         {"tokens": 8, "impl": "floor", "us": 1.0, "launches": 0, "bytes": 4_200_000},
     ]
+    assert timed_together == [["fused", "sglang"]]  # one interleaved measurement, unused impls left out
 
 
 def test_against_baselines():
