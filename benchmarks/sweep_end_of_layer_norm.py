@@ -1,9 +1,10 @@
 """Sweep the launch shapes of the end-of-layer kernel (sglang_gemma4.kernels.end_of_layer_norm).
 
 For each layer kind at its Gemma-4 width (MoE 2816, dense 5376, PLE 1536 and
-2560) and each token count, every candidate launch (the row kernel's own
-launch: whole rows padded to a power of two in registers; the chunked kernel
-at 1024 columns in 4 or 8 warps and 2048 in 8) is checked against the fp32
+2560; by default MoE, dense and E4B) and each token count, every candidate
+launch (the row kernel's own launch: whole rows padded to a power of two in
+registers; the chunked kernel at 512, 1024 and 2048 columns in 4 or 8 warps,
+its passes after the first unrolled or rolled: ``unroll`` 0, 1, 2) is checked against the fp32
 reference (outputs poisoned first), then timed under CUDA-graph replay
 (benchmarks/harness.py: median us per call over rotated input sets); the
 fastest is timed again (the spread of one config). Baselines from
@@ -19,7 +20,7 @@ Run on the GPU machine (torch + triton + CUDA, no sglang)::
 writes ``$OUT/sweep_end_of_layer_norm.json`` after every shape and prints, per
 shape, the fastest candidate, launch_config's and compile's times. Triton
 kernels and the Inductor graphs are compiled first in parallel processes
-(``--workers``); Inductor's chosen configs are not cached, so the timed process
+(``--workers``); ``--budget-s`` counts from the end of that (and of ``--wait-for``); Inductor's chosen configs are not cached, so the timed process
 autotunes its compiled references itself, on an idle GPU. ``--dry-run`` (with
 ``TRITON_INTERPRET=1``) runs every candidate once on tiny CPU shapes, checks
 only, to catch broken configs before spending device time.
@@ -45,20 +46,26 @@ import harness  # noqa: E402
 from sglang_gemma4.kernels import end_of_layer_norm as eol  # noqa: E402
 
 MODELS = ("26B-A4B", "31B", "E2B", "E4B")
+DEFAULT_MODELS = ["26B-A4B", "31B", "E4B"]
 # Most telling first, in case the time budget runs out.
-TOKENS = [4096, 16384, 2048, 1024, 512, 1]
+TOKENS = [16384, 4096, 8192, 1024, 512]
+# (chunk columns, warps, unroll) of the chunked kernel. Registers (ptxas -v, sm_90, triton 3.8, bf16)
+# MoE 2816 / dense 5376 / E4B 2560: 1024x4 u0 105/103/63, u1 74/63/62, u2 106/65/90; 1024x8 u0 76/95/61,
+# u1 71/48/64; 2048x8 u0 101/64/75, u1 73/63/48; 512x4 u0 95/72/78, u1 56/47/47.
+CHUNKED_CANDIDATES = [(1024, 4, 0), (1024, 8, 0), (2048, 8, 0), (1024, 4, 1), (1024, 4, 2), (1024, 8, 1),
+                      (2048, 8, 1), (512, 4, 0), (512, 4, 1)]
 DRY_RUN = {"models": {"26B-A4B": ("moe", 160), "31B": ("dense", 336), "E2B": ("ple", 96)}, "tokens": [1, 20]}
 
 
 def candidates(hidden: int, tokens: int) -> list[eol.EndOfLayerLaunch]:
     """The row kernel's launch, then the chunked kernel's candidates."""
     return [eol.row_launch(hidden, tokens)] + [
-        eol.EndOfLayerLaunch(chunk, 1, warps, "chunked") for chunk, warps in ((1024, 4), (1024, 8), (2048, 8))
+        eol.EndOfLayerLaunch(chunk, 1, warps, "chunked", unroll) for chunk, warps, unroll in CHUNKED_CANDIDATES
     ]
 
 
 def describe(launch: eol.EndOfLayerLaunch) -> str:
-    return f"{launch.kernel}:{launch.block_h}:r{launch.rows_per_program}:w{launch.num_warps}"
+    return f"{launch.kernel}:{launch.block_h}:r{launch.rows_per_program}:w{launch.num_warps}:u{launch.unroll}"
 
 
 def run(kind: str, t: bench.EndInputs, launch: eol.EndOfLayerLaunch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -196,8 +203,9 @@ def summary(rows: list[dict]) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tokens", type=int, nargs="*")
-    parser.add_argument("--models", nargs="*", default=list(MODELS), choices=list(MODELS))
-    parser.add_argument("--budget-s", type=float, default=200.0, help="skip the shapes left after this long")
+    parser.add_argument("--models", nargs="*", default=DEFAULT_MODELS, choices=list(MODELS))
+    parser.add_argument("--budget-s", type=float, default=130.0,
+                        help="skip the shapes left after timing this long (precompile not counted)")
     parser.add_argument("--workers", type=int, default=min(12, (os.cpu_count() or 2) - 1), help="compile processes")
     parser.add_argument("--wait-for", type=Path, help="before timing, wait until this file exists (GPU tests done)")
     parser.add_argument("--compile-min-tokens", type=int, default=2048, help="time torch.compile from here on")
@@ -220,12 +228,13 @@ def main() -> None:
         while args.wait_for and not args.wait_for.exists():
             time.sleep(1)
         print(f"[{time.perf_counter() - started:6.1f}s] timing", flush=True)
+    timing_started = time.perf_counter()
     copy_bw = 4.2 if args.dry_run else harness.copy_bandwidth_TBps()
     print(f"copy bandwidth {copy_bw:.2f} TB/s", flush=True)
     rows: list[dict] = []
     for tokens in tokens_list:
         for model in args.models:
-            if time.perf_counter() - started > args.budget_s:
+            if time.perf_counter() - timing_started > args.budget_s:
                 print(f"budget spent: skipping {model} tokens={tokens}", flush=True)
                 continue
             rows += sweep_shape(model, tokens, copy_bw, args.dry_run, args.compile_min_tokens)

@@ -106,28 +106,28 @@ def test_launch_overrides_do_not_change_results(rows_per_program, num_warps):
 
 def test_launch_config():
     # Few rows: whole rows in registers, padded to a power of two.
-    assert eol.launch_config(128, 1) == (128, 16, 4, "row")
-    assert eol.launch_config(1536, 1) == (2048, 1, 8, "row")
-    assert eol.launch_config(2816, 1) == (4096, 1, 16, "row")
-    assert eol.launch_config(2816, 511) == (4096, 1, 16, "row")
-    assert eol.launch_config(5376, 511) == (8192, 1, 32, "row")
+    assert eol.launch_config(128, 1) == (128, 16, 4, "row", 0)
+    assert eol.launch_config(1536, 1) == (2048, 1, 8, "row", 0)
+    assert eol.launch_config(2816, 1) == (4096, 1, 16, "row", 0)
+    assert eol.launch_config(2816, 511) == (4096, 1, 16, "row", 0)
+    assert eol.launch_config(5376, 511) == (8192, 1, 32, "row", 0)
     # Many rows: the chunked kernel from each width's measured row count.
     for hidden, (min_rows, chunk, warps) in eol.CHUNKED_TABLE.items():
         assert eol.launch_config(hidden, min_rows - 1).kernel == "row"
-        assert eol.launch_config(hidden, min_rows) == (chunk, 1, warps, "chunked")
-    assert eol.launch_config(5376, 16384) == (2048, 1, 8, "chunked")
+        assert eol.launch_config(hidden, min_rows) == (chunk, 1, warps, "chunked", 0)
+    assert eol.launch_config(5376, 16384) == (2048, 1, 8, "chunked", 0)
     assert eol.launch_config(1536, 4096).kernel == "row"
     # Other widths: the default rule; rows narrower than half a chunk stay whole.
     min_rows, chunk, warps = eol.CHUNKED_DEFAULT
-    assert eol.launch_config(4096, min_rows) == (chunk, 1, warps, "chunked")
+    assert eol.launch_config(4096, min_rows) == (chunk, 1, warps, "chunked", 0)
     assert eol.launch_config(chunk // 2, 16384).kernel == "row"
     # The row kernel's many-rows widths.
-    assert eol.row_launch(2816, eol.MANY_ROWS_MIN) == (4096, 1, 8, "row")
-    assert eol.row_launch(5376, 16384) == (8192, 1, 32, "row")
+    assert eol.row_launch(2816, eol.MANY_ROWS_MIN) == (4096, 1, 8, "row", 0)
+    assert eol.row_launch(5376, 16384) == (8192, 1, 32, "row", 0)
 
 
-def _chunked(chunk: int, num_warps: int = 2) -> eol.EndOfLayerLaunch:
-    return eol.EndOfLayerLaunch(chunk, 1, num_warps, "chunked")
+def _chunked(chunk: int, num_warps: int = 2, unroll: int = 0) -> eol.EndOfLayerLaunch:
+    return eol.EndOfLayerLaunch(chunk, 1, num_warps, "chunked", unroll)
 
 
 # (tokens, hidden, chunk): several chunks with a partial last one (1000, 333),
@@ -140,6 +140,35 @@ CHUNKED_SHAPES = [(3, 128, 32), (2, 1000, 256), (3, 333, 128), (2, 128, 128)]
 @pytest.mark.parametrize("kind", KINDS)
 def test_chunked_kernel_matches_reference(kind, tokens, hidden, chunk, dtype):
     check_case(end_of_layer_case(kind, tokens, hidden, dtype, seed=tokens * hidden), launch=_chunked(chunk))
+
+
+# (hidden, chunk, unroll): 6 chunks, the last partial, looped 1, 4 (a remainder
+# of 2) and 8 (more than the chunks) at a time; 2 chunks; a single chunk.
+UNROLLED_SHAPES = [(333, 64, 1), (333, 64, 4), (333, 64, 8), (200, 128, 1), (100, 128, 2)]
+
+
+@pytest.mark.parametrize("hidden,chunk,unroll", UNROLLED_SHAPES)
+@pytest.mark.parametrize("kind", KINDS)
+def test_rolled_passes_match_reference_and_unrolled_bits(kind, hidden, chunk, unroll):
+    """Passes 2-4 as loops: the reference within one rounding, and the very bits
+    of the unrolled passes (each lane adds its chunks in the same order)."""
+    case = end_of_layer_case(kind, 5, hidden, torch.bfloat16, seed=hidden + unroll)
+    rolled = check_case(case, launch=_chunked(chunk, 2, unroll))
+    for a, b in zip(rolled, case.run(launch=_chunked(chunk, 2, 0))):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_rolled_passes_over_residual_fp32_and_zero_row(kind):
+    """``out`` aliasing ``residual`` (each chunk reads it before storing), fp32, a zero row."""
+    case = end_of_layer_case(kind, 5, 333, torch.float32, zero_row=True, seed=31)
+    want_h, want_next = case.expected()
+    residual = case.residual
+    h, next_in = case.run(out=residual, launch=_chunked(64, 2, 1))
+    assert h.data_ptr() == residual.data_ptr()
+    assert_within_one_rounding(h, want_h, "h")
+    assert_within_one_rounding(next_in, want_next, "next_in")
+    assert torch.count_nonzero(h[2]) == 0 and torch.count_nonzero(next_in[2]) == 0
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -177,6 +206,8 @@ def test_bad_launches_raise():
         "power of two": _chunked(48),
         "block_h >= hidden": eol.EndOfLayerLaunch(64, 1, 4, "row"),
         "unknown kernel": eol.EndOfLayerLaunch(128, 1, 4, "segments"),
+        "unroll must be >= 0": _chunked(32, 2, -1),
+        "0 for the row kernel": eol.EndOfLayerLaunch(128, 1, 4, "row", 1),
     }
     for message, launch in bad.items():
         with pytest.raises(ValueError, match=message):

@@ -79,12 +79,28 @@ def test_launch_table_matches_reference(kind, hidden, tokens):
 
 
 REAL_WIDTHS = [("ple", 1536), ("ple", 2560), ("moe", 2816), ("dense", 5376)]
-# The chunked kernel's launches the sweep times (benchmarks/sweep_end_of_layer_norm.py).
-CHUNKED = [eol.EndOfLayerLaunch(1024, 1, 4, "chunked"), eol.EndOfLayerLaunch(1024, 1, 8, "chunked"),
-           eol.EndOfLayerLaunch(2048, 1, 8, "chunked")]
+# The chunked kernel's launches the sweep times (benchmarks/sweep_end_of_layer_norm.py):
+# (chunk columns, warps, unroll of passes 2-4).
+CHUNKED = [eol.EndOfLayerLaunch(chunk, 1, warps, "chunked", unroll) for chunk, warps, unroll in (
+    (1024, 4, 0), (1024, 8, 0), (2048, 8, 0), (1024, 4, 1), (1024, 4, 2), (1024, 8, 1), (2048, 8, 1),
+    (512, 4, 0), (512, 4, 1))]
 
 
-@pytest.mark.parametrize("launch", CHUNKED, ids=lambda l: f"c{l.block_h}w{l.num_warps}")
+def _launch_id(launch: eol.EndOfLayerLaunch) -> str:
+    return f"c{launch.block_h}w{launch.num_warps}u{launch.unroll}"
+
+
+@pytest.mark.parametrize("launch", [l for l in CHUNKED if l.unroll], ids=_launch_id)
+@pytest.mark.parametrize("kind,hidden", REAL_WIDTHS)
+def test_rolled_passes_give_the_unrolled_bits(kind, hidden, launch):
+    """Passes 2-4 as loops compile to other code, yet every lane adds its chunks
+    in the same order: the same bits as the unrolled passes (bf16, 4096 rows)."""
+    case = end_of_layer_case(kind, 4096, hidden, torch.bfloat16, seed=12, device="cuda")
+    for a, b in zip(case.run(launch=launch), case.run(launch=launch._replace(unroll=0))):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("launch", CHUNKED, ids=_launch_id)
 @pytest.mark.parametrize("kind,hidden", REAL_WIDTHS)
 def test_chunked_kernel_at_real_widths(kind, hidden, launch):
     """Forced chunked launches at 4096 rows (bf16) and 300 rows (fp16, fp32; one

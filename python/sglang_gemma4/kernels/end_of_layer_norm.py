@@ -45,8 +45,9 @@ weights from L2. Two kernels compute it:
 
 * rows: one program holds ``ROWS`` whole rows in registers (padded to a power
   of two), every load issued at once (the latency-bound decode sizes);
-* chunks: one row per program, ``CHUNK`` columns at a time, in passes (each
-  unrolled, all its loads in flight), one cross-thread reduction per pass; few
+* chunks: one row per program, ``CHUNK`` columns at a time, in passes (the
+  first unrolled, all its loads in flight; the later ones unrolled too or, by
+  the launch's ``unroll``, loops), one cross-thread reduction per pass; few
   registers per program, so many rows in flight per SM (the bandwidth-bound
   prefill sizes). Later passes re-read the row from L1/L2 and recompute with the
   same operations. The pass that sums ``h**2`` stores ``h``; the last pass reads
@@ -173,6 +174,63 @@ def _moe_branch_sum(x_row, x2_row, w_a_ptr, w_b_ptr, cols, col_ok, inv_a, inv_b)
     return combined + x2 * inv_b * _load_weight(w_b_ptr, cols, col_ok)
 
 
+@triton.jit
+def _input_sums_chunk(x_row, x2_row, cols, hidden, sum_a, sum_b, MODE: tl.constexpr):
+    """Pass 1 on one chunk: per-lane sums of squares of the layer's inputs."""
+    col_ok = cols < hidden
+    x = tl.load(x_row + cols, mask=col_ok, other=0.0).to(tl.float32)
+    sum_a += x * x
+    if MODE == 1:
+        x2 = tl.load(x2_row + cols, mask=col_ok, other=0.0).to(tl.float32)
+        sum_b += x2 * x2
+    return sum_a, sum_b
+
+
+@triton.jit
+def _branch_sum_sums_chunk(x_row, x2_row, w_a_ptr, w_b_ptr, cols, hidden, inv_a, inv_b, sum_c):
+    """Pass 2 (MoE) on one chunk: per-lane sums of squares of the fp32 branch sum."""
+    combined = _moe_branch_sum(x_row, x2_row, w_a_ptr, w_b_ptr, cols, cols < hidden, inv_a, inv_b)
+    return sum_c + combined * combined
+
+
+@triton.jit
+def _store_h_chunk(
+    x_row, x2_row, res_row, out_row, w_a_ptr, w_b_ptr, w_c_ptr, cols, hidden, inv_a, inv_b, inv_c, scalar,
+    sum_h, MODE: tl.constexpr, BF16_RNE_BY_BITS: tl.constexpr,
+):
+    """Pass 3 on one chunk: ``h`` stored (read ``residual`` first, so ``out`` may
+    alias it), and per-lane sums of squares of the rounded ``h``."""
+    col_ok = cols < hidden
+    act = out_row.dtype.element_ty
+    res = tl.load(res_row + cols, mask=col_ok, other=0.0).to(tl.float32)
+    if MODE == 1:
+        combined = _moe_branch_sum(x_row, x2_row, w_a_ptr, w_b_ptr, cols, col_ok, inv_a, inv_b)
+        normed = combined * inv_c * _load_weight(w_c_ptr, cols, col_ok)
+        h = round_to((normed + res) * scalar, act, BF16_RNE_BY_BITS)
+    else:
+        x = tl.load(x_row + cols, mask=col_ok, other=0.0).to(tl.float32)
+        normed = x * inv_a * _load_weight(w_a_ptr, cols, col_ok)
+        if MODE == 2:
+            # Eager PLE tail: norm, add and scale each store their output.
+            normed = round_to(normed, act, BF16_RNE_BY_BITS)
+            summed = round_to(normed + res, act, BF16_RNE_BY_BITS)
+            h = round_to(summed * scalar, act, BF16_RNE_BY_BITS)
+        else:
+            h = round_to((normed + res) * scalar, act, BF16_RNE_BY_BITS)
+    tl.store(out_row + cols, h.to(act), mask=col_ok)
+    return sum_h + h * h
+
+
+@triton.jit
+def _store_next_chunk(out_row, next_row, w_next_ptr, cols, hidden, inv_h, BF16_RNE_BY_BITS: tl.constexpr):
+    """Pass 4 on one chunk: ``next_in`` from the stored ``h``."""
+    col_ok = cols < hidden
+    act = out_row.dtype.element_ty
+    h = tl.load(out_row + cols, mask=col_ok, other=0.0).to(tl.float32)
+    next_in = h * inv_h * _load_weight(w_next_ptr, cols, col_ok)
+    tl.store(next_row + cols, round_to(next_in, act, BF16_RNE_BY_BITS).to(act), mask=col_ok)
+
+
 @triton.jit(do_not_specialize=["n_rows"])
 def _end_of_layer_norm_chunked_kernel(
     x_ptr,
@@ -194,6 +252,7 @@ def _end_of_layer_norm_chunked_kernel(
     MODE: tl.constexpr,
     CHUNK: tl.constexpr,
     NUM_CHUNKS: tl.constexpr,
+    UNROLL: tl.constexpr,
     BF16_RNE_BY_BITS: tl.constexpr,
 ):
     """One row per program (``n_rows`` programs), ``CHUNK`` columns at a time.
@@ -205,7 +264,15 @@ def _end_of_layer_norm_chunked_kernel(
     Passes 2 and 3 re-read their inputs from L1/L2 and recompute bit-identically.
     Only pass 3 reads ``residual`` after pass 1 and each chunk reads it before
     storing that chunk, so ``out`` may be ``residual``. Lanes past ``hidden``
-    load zeros and contribute nothing to any sum."""
+    load zeros and contribute nothing to any sum.
+
+    Pass 1 is unrolled over its chunks (the row's DRAM reads all in flight at
+    once). ``UNROLL`` 0: so are passes 2-4 (the most registers: ptxas, sm_90,
+    MoE 2816 at 1024 x 4 warps: 105). ``UNROLL`` n >= 1: passes 2-4 are loops
+    unrolled n chunks at a time (1: rolled; MoE 1024 x 4: 74 registers), so
+    more rows fit on an SM, at the cost of re-reads (and pass 3's ``residual``
+    reads from DRAM) issued n chunks at a time. Every lane adds its chunks in
+    the same order either way: the results are the same bits."""
     row = tl.program_id(0).to(tl.int64)
     x_row = x_ptr + row * x_stride
     x2_row = x2_ptr + row * x2_stride
@@ -213,62 +280,50 @@ def _end_of_layer_norm_chunked_kernel(
     out_row = out_ptr + row * hidden
     next_row = next_ptr + row * hidden
     lanes = tl.arange(0, CHUNK)
-    act = out_ptr.dtype.element_ty
     scalar = tl.load(scalar_ptr).to(tl.float32)
 
     sum_a = tl.zeros([CHUNK], dtype=tl.float32)
     sum_b = tl.zeros([CHUNK], dtype=tl.float32)
+    # Unrolled whatever UNROLL says: all of the row's first DRAM reads in flight
+    # at once (rolling this pass saved 2 of 76 registers, sm_90, MoE 1024 x 4).
     for c in tl.static_range(NUM_CHUNKS):
-        cols = c * CHUNK + lanes
-        col_ok = cols < hidden
-        x = tl.load(x_row + cols, mask=col_ok, other=0.0).to(tl.float32)
-        sum_a += x * x
-        if MODE == 1:
-            x2 = tl.load(x2_row + cols, mask=col_ok, other=0.0).to(tl.float32)
-            sum_b += x2 * x2
+        sum_a, sum_b = _input_sums_chunk(x_row, x2_row, c * CHUNK + lanes, hidden, sum_a, sum_b, MODE)
     inv_a = _row_inv_rms(sum_a, hidden, eps)
     inv_b = _row_inv_rms(sum_b, hidden, eps)
 
+    inv_c = inv_a  # read by MoE layers only
     if MODE == 1:
         sum_c = tl.zeros([CHUNK], dtype=tl.float32)
-        for c in tl.static_range(NUM_CHUNKS):
-            cols = c * CHUNK + lanes
-            combined = _moe_branch_sum(x_row, x2_row, w_a_ptr, w_b_ptr, cols, cols < hidden, inv_a, inv_b)
-            sum_c += combined * combined
+        if UNROLL == 0:
+            for c in tl.static_range(NUM_CHUNKS):
+                sum_c = _branch_sum_sums_chunk(x_row, x2_row, w_a_ptr, w_b_ptr, c * CHUNK + lanes, hidden,
+                                               inv_a, inv_b, sum_c)
+        else:
+            for c in tl.range(0, NUM_CHUNKS, loop_unroll_factor=UNROLL):
+                sum_c = _branch_sum_sums_chunk(x_row, x2_row, w_a_ptr, w_b_ptr, c * CHUNK + lanes, hidden,
+                                               inv_a, inv_b, sum_c)
         inv_c = _row_inv_rms(sum_c, hidden, eps)
 
     sum_h = tl.zeros([CHUNK], dtype=tl.float32)
-    for c in tl.static_range(NUM_CHUNKS):
-        cols = c * CHUNK + lanes
-        col_ok = cols < hidden
-        res = tl.load(res_row + cols, mask=col_ok, other=0.0).to(tl.float32)
-        if MODE == 1:
-            combined = _moe_branch_sum(x_row, x2_row, w_a_ptr, w_b_ptr, cols, col_ok, inv_a, inv_b)
-            normed = combined * inv_c * _load_weight(w_c_ptr, cols, col_ok)
-            h = round_to((normed + res) * scalar, act, BF16_RNE_BY_BITS)
-        else:
-            x = tl.load(x_row + cols, mask=col_ok, other=0.0).to(tl.float32)
-            normed = x * inv_a * _load_weight(w_a_ptr, cols, col_ok)
-            if MODE == 2:
-                # Eager PLE tail: norm, add and scale each store their output.
-                normed = round_to(normed, act, BF16_RNE_BY_BITS)
-                summed = round_to(normed + res, act, BF16_RNE_BY_BITS)
-                h = round_to(summed * scalar, act, BF16_RNE_BY_BITS)
-            else:
-                h = round_to((normed + res) * scalar, act, BF16_RNE_BY_BITS)
-        tl.store(out_row + cols, h.to(act), mask=col_ok)
-        sum_h += h * h
+    if UNROLL == 0:
+        for c in tl.static_range(NUM_CHUNKS):
+            sum_h = _store_h_chunk(x_row, x2_row, res_row, out_row, w_a_ptr, w_b_ptr, w_c_ptr, c * CHUNK + lanes,
+                                   hidden, inv_a, inv_b, inv_c, scalar, sum_h, MODE, BF16_RNE_BY_BITS)
+    else:
+        for c in tl.range(0, NUM_CHUNKS, loop_unroll_factor=UNROLL):
+            sum_h = _store_h_chunk(x_row, x2_row, res_row, out_row, w_a_ptr, w_b_ptr, w_c_ptr, c * CHUNK + lanes,
+                                   hidden, inv_a, inv_b, inv_c, scalar, sum_h, MODE, BF16_RNE_BY_BITS)
     inv_h = _row_inv_rms(sum_h, hidden, eps)
 
     # Pass 4 reads h as other threads of this program stored it: the barrier
     # orders those stores before these loads.
     tl.debug_barrier()
-    for c in tl.static_range(NUM_CHUNKS):
-        cols = c * CHUNK + lanes
-        col_ok = cols < hidden
-        h = tl.load(out_row + cols, mask=col_ok, other=0.0).to(tl.float32)
-        next_in = h * inv_h * _load_weight(w_next_ptr, cols, col_ok)
-        tl.store(next_row + cols, round_to(next_in, act, BF16_RNE_BY_BITS).to(act), mask=col_ok)
+    if UNROLL == 0:
+        for c in tl.static_range(NUM_CHUNKS):
+            _store_next_chunk(out_row, next_row, w_next_ptr, c * CHUNK + lanes, hidden, inv_h, BF16_RNE_BY_BITS)
+    else:
+        for c in tl.range(0, NUM_CHUNKS, loop_unroll_factor=UNROLL):
+            _store_next_chunk(out_row, next_row, w_next_ptr, c * CHUNK + lanes, hidden, inv_h, BF16_RNE_BY_BITS)
 
 
 # --------------------------------------------------------------------------- launch
@@ -277,12 +332,16 @@ def _end_of_layer_norm_chunked_kernel(
 class EndOfLayerLaunch(NamedTuple):
     """How to launch: ``kernel`` "row" holds ``rows_per_program`` whole rows of
     ``block_h`` lanes (a power of two >= hidden) per program; "chunked" walks one
-    row per program ``block_h`` (a power of two) columns at a time."""
+    row per program ``block_h`` (a power of two) columns at a time, its passes
+    after the first unrolled over all chunks (``unroll`` 0) or loops unrolled
+    ``unroll`` chunks at a time (1: rolled; fewer registers, more rows in
+    flight). The row kernel takes ``unroll`` 0 only."""
 
     block_h: int
     rows_per_program: int
     num_warps: int
     kernel: str = "row"
+    unroll: int = 0
 
 
 # Row kernel, measured on the H200 (torch 2.11, triton 3.6, bf16;
@@ -499,6 +558,8 @@ def _launch(
     bf16_by_bits = triton_interpreting() and x.dtype == torch.bfloat16
     if launch.block_h < 1 or launch.block_h & (launch.block_h - 1):
         raise ValueError(f"block_h must be a power of two: {launch}")
+    if launch.unroll < 0 or (launch.kernel == "row" and launch.unroll):
+        raise ValueError(f"unroll must be >= 0, and 0 for the row kernel: {launch}")
     if launch.kernel == "row":
         rows = launch.rows_per_program
         if rows < 1 or rows & (rows - 1):
@@ -514,7 +575,7 @@ def _launch(
             raise ValueError(f"the chunked kernel takes one row per program: {launch}")
         _end_of_layer_norm_chunked_kernel[(n_rows,)](
             *args, MODE=mode, CHUNK=launch.block_h, NUM_CHUNKS=triton.cdiv(hidden, launch.block_h),
-            BF16_RNE_BY_BITS=bf16_by_bits, num_warps=launch.num_warps,
+            UNROLL=launch.unroll, BF16_RNE_BY_BITS=bf16_by_bits, num_warps=launch.num_warps,
         )
     else:
         raise ValueError(f"unknown kernel {launch.kernel!r}")
