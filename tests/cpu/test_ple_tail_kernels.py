@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from sglang_gemma4.kernels import ple_tail as pt
+from sglang_gemma4.kernels.row_segments import lanes_per_row, power_of_two_segments
 from sglang_gemma4.kernels.support import MAX_FUSED_ROW
 
 pytestmark = [
@@ -142,6 +143,13 @@ NORM_LAUNCHES = [
     (1536, 3, pt.NormLaunch("looped", 512, 1, 2)),
     (2560, 2, pt.NormLaunch("looped", 1024, 1, 4, stream_hints=True)),
     (1001, 5, pt.NormLaunch("looped", 1024, 1, 4)),
+    # exact rows: 1024 + 512, 2048 + 512, 64 + 32 (a partly empty last program),
+    # one segment, lanes derived and explicit
+    (1536, 6, pt.NormLaunch("exact", 1536, 4, 16)),
+    (2560, 3, pt.NormLaunch("exact", 2560, 2, 4, stream_hints=True)),
+    (96, 5, pt.NormLaunch("exact", 96, 2, 1)),
+    (128, 3, pt.NormLaunch("exact", 128, 1, 2, lanes=16)),
+    (1536, 2, pt.NormLaunch("exact", 1536, 1, 8, lanes=512)),
 ]
 
 
@@ -209,6 +217,9 @@ def test_gelu_launch_table(n_cols: int) -> None:
         pt.NormLaunch("row", 128, 3, 1),  # rows not a power of two
         pt.NormLaunch("looped", 64, 2, 1),  # the looped kernel takes one row per program
         pt.NormLaunch("blocked", 128, 1, 1),
+        pt.NormLaunch("exact", 256, 1, 1),  # exact rows must be the row's width
+        pt.NormLaunch("exact", 128, 1, 1, lanes=256),  # more lanes than the segment has columns
+        pt.NormLaunch("exact", 128, 1, 1, lanes=24),  # lanes not a power of two
     ],
     ids=str,
 )
@@ -216,6 +227,45 @@ def test_bad_norm_launch_rejected(launch: pt.NormLaunch) -> None:
     x, weight, residual = make_norm_inputs(2, 128, torch.bfloat16, adversarial=False)
     with pytest.raises(ValueError):
         pt.rmsnorm_add(x, weight, residual, EPS, launch=launch)
+
+
+def test_exact_rows_need_at_most_two_segments() -> None:
+    """1001 = 512 + 256 + 128 + ...: no exact launch; 1536 and 2560 split in two."""
+    x, weight, residual = make_norm_inputs(2, 1001, torch.bfloat16, adversarial=False)
+    with pytest.raises(ValueError, match="powers of two"):
+        pt.rmsnorm_add(x, weight, residual, EPS, launch=pt.NormLaunch("exact", 1001, 1, 4))
+    assert pt.exact_row_segments(1001) is None
+    assert pt.exact_row_segments(1536) == (1024, 512)
+    assert pt.exact_row_segments(2560) == (2048, 512)
+    assert pt.exact_row_segments(128) == (128, 0)
+
+
+@pytest.mark.parametrize(
+    "launch,lanes",
+    [
+        (pt.NormLaunch("exact", 1536, 1, 4), 128),  # one lane per thread: 8 + 4 columns each
+        (pt.NormLaunch("exact", 1536, 2, 8), 128),  # 256 threads over two rows
+        (pt.NormLaunch("exact", 1536, 1, 16), 512),  # capped by the 512 segment
+        # 32 threads a row, but 2048 / 32 columns would be 4 loads' worth per lane
+        (pt.NormLaunch("exact", 2560, 4, 4), 256),
+        (pt.NormLaunch("exact", 1536, 2, 8, lanes=64), 64),  # explicit
+    ],
+    ids=str,
+)
+def test_exact_row_lanes(launch: pt.NormLaunch, lanes: int) -> None:
+    assert pt.exact_row_lanes(launch, launch.block, element_size=2) == lanes
+
+
+def test_power_of_two_segments() -> None:
+    assert power_of_two_segments(1536, 2) == (1024, 512)
+    assert power_of_two_segments(2816, 3) == (2048, 512, 256)
+    assert power_of_two_segments(2816, 2) is None
+    assert power_of_two_segments(4096, 1) == (4096,)
+    assert power_of_two_segments(0, 3) is None
+    assert lanes_per_row((1024, 512), 96, 16) == 64  # threads rounded down to a power of two
+    assert lanes_per_row((1024, 512), 32, 8) == 128  # at most 8 adjacent columns per lane
+    assert lanes_per_row((2048, 512), 1024, 8) == 512  # at most the smallest segment
+    assert lanes_per_row((64, 32), 0, 64) == 1
 
 
 @pytest.mark.parametrize(

@@ -109,6 +109,55 @@ def test_norm_kernels_under_other_launches(launch: pt.NormLaunch) -> None:
     assert_matches_reference(out, ref, magnitude=magnitude(ref.float() - residual.float(), residual))
 
 
+# The exact kernel at the sweep's shapes: E2B/E4B widths, 1/2/4 rows per program
+# (1003 rows: the last program partly empty), 4/8/16 warps, derived and explicit lanes.
+EXACT_LAUNCHES = [
+    pt.NormLaunch("exact", hidden, rows, warps, stream_hints=hints, lanes=lanes)
+    for hidden in (1536, 2560)
+    for rows, warps, hints, lanes in ((1, 4, False, 0), (1, 8, True, 0), (2, 8, False, 0), (2, 4, True, 0),
+                                      (4, 16, False, 0), (2, 8, False, 64), (1, 16, False, 512))
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("launch", EXACT_LAUNCHES, ids=str)
+def test_norm_kernels_exact_rows(launch: pt.NormLaunch, dtype: torch.dtype) -> None:
+    """Rows as power-of-two segments (no idle lanes) compute what the padded rows do."""
+    x, weight, residual = norm_inputs(1003, launch.block, dtype, adversarial=True, seed=13)
+    out = pt.rmsnorm_add(x, weight, residual, EPS, launch=launch)
+    ref = pt.rmsnorm_add_reference(x, weight, residual, EPS)
+    assert_matches_reference(out, ref, magnitude=magnitude(ref.float() - residual.float(), residual))
+    scale = torch.tensor([0.37], dtype=dtype, device="cuda")
+    out = pt.rmsnorm_add_scale(x, weight, residual, scale, EPS, launch=launch)
+    normed = pt.rmsnorm_add_reference(x, weight, torch.zeros_like(residual), EPS)
+    ref = pt.rmsnorm_add_scale_reference(x, weight, residual, scale, EPS)
+    assert_matches_reference(out, ref, magnitude=0.37 * magnitude(normed, residual))
+
+
+@pytest.mark.parametrize("tokens", [4096, 16384])
+def test_norm_kernels_exact_rows_match_padded_rows(tokens: int) -> None:
+    """At prefill sizes (bf16) the exact and padded kernels round alike: they differ
+    only in the fp32 summation order of the sum of squares."""
+    x, weight, residual = norm_inputs(tokens, 1536, torch.bfloat16, adversarial=False, seed=17)
+    exact = pt.rmsnorm_add(x, weight, residual, EPS, launch=pt.NormLaunch("exact", 1536, 2, 8))
+    padded = pt.rmsnorm_add(x, weight, residual, EPS, launch=pt.NormLaunch("row", 2048, 2, 8))
+    assert (exact != padded).float().mean().item() <= 1e-3
+
+
+@pytest.mark.parametrize(
+    "launch",
+    [pt.TileLaunch(16, 256, 8), pt.TileLaunch(32, 256, 16), pt.TileLaunch(64, 256, 16, stream_hints=True)],
+    ids=str,
+)
+def test_gelu_tanh_mul_sweep_tiles(launch: pt.TileLaunch) -> None:
+    """The sweep's larger gelu tiles (up to 64 rows, 16 warps) on a strided per_layer_input."""
+    gen = torch.Generator(device="cuda").manual_seed(19)
+    gate = torch.randn(4099, 256, device="cuda", generator=gen).clamp(-3, 3).to(torch.bfloat16)
+    ple = torch.randn(4099, 35, 256, device="cuda", generator=gen).to(torch.bfloat16)[:, 7, :]
+    out = pt.gelu_tanh_mul(gate, ple, launch=launch)
+    assert_matches_reference(out, pt.gelu_tanh_mul_reference(gate, ple), magnitude=magnitude(ple))
+
+
 @pytest.mark.parametrize("strided", [True, False], ids=["strided", "contiguous"])
 @pytest.mark.parametrize("per_layer_dim", [256, 77])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)

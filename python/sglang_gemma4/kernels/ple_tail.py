@@ -25,7 +25,9 @@ Launches. Each norm runs as one of two kernels, whole rows in registers
 ``gelu_tanh_mul`` as 2-D tiles; :func:`norm_launch` and :func:`gelu_launch`
 pick the shape from a static table by (row width, number of rows), measured
 on the H200 (see the comment above them; no autotuning: the kernels run inside
-CUDA-graph capture). The order of the fp32 sum of squares follows the launch,
+CUDA-graph capture). A third norm kernel, "exact", holds rows like the row
+kernel but as power-of-two segments that add up to the row (no idle lanes at
+1536 or 2560); the table does not pick it yet, ``launch=`` reaches it. The order of the fp32 sum of squares follows the launch,
 so the same row may round differently in the last place at another batch size,
 rarely.
 
@@ -47,6 +49,7 @@ import triton
 import triton.language as tl
 
 from sglang_gemma4.kernels.rounding import round_to
+from sglang_gemma4.kernels.row_segments import lanes_per_row, power_of_two_segments
 from sglang_gemma4.kernels.support import (
     FUSED_DTYPES,
     MAX_FUSED_ROW,
@@ -108,6 +111,88 @@ def _rmsnorm_add_row_kernel(
     inv_rms = tl.rsqrt(tl.sum(x * x, axis=1) / n_cols + eps)[:, None]
     out = _norm_add_scale(x, inv_rms, w, r.to(tl.float32), scale_ptr, act_dtype, HAS_SCALE, BF16_RNE_BY_BITS)
     tl.store(out_ptr + rows64 * out_row_stride + cols[None, :], out.to(act_dtype), mask=mask)
+
+
+@triton.jit
+def _segment_loads(
+    x_ptr,
+    weight_ptr,
+    residual_ptr,
+    rows64,
+    row_ok,
+    x_row_stride,
+    residual_row_stride,
+    START: tl.constexpr,
+    SEG: tl.constexpr,
+    LANES: tl.constexpr,
+    ACT_EVICT: tl.constexpr,
+    W_EVICT: tl.constexpr,
+):
+    """Columns ``[START, START + SEG)`` of the program's rows as ``[ROWS, LANES,
+    SEG // LANES]`` tiles, lane ``j`` holding ``SEG // LANES`` adjacent columns:
+    the columns, ``x`` and the weight (fp32) and the residual (as stored)."""
+    VEC: tl.constexpr = SEG // LANES
+    cols = START + tl.arange(0, LANES)[None, :, None] * VEC + tl.arange(0, VEC)[None, None, :]
+    x = tl.load(x_ptr + rows64 * x_row_stride + cols, mask=row_ok, other=0.0, eviction_policy=ACT_EVICT)
+    r = tl.load(residual_ptr + rows64 * residual_row_stride + cols, mask=row_ok, other=0.0, eviction_policy=ACT_EVICT)
+    # Loaded once per row of the tile (the repeats hit L1), in the activations'
+    # full shape: a [1, LANES, VEC] load gets a register layout of its own, and
+    # broadcasting it over the rows then goes through shared memory.
+    w = tl.load(weight_ptr + (cols + 0 * rows64), eviction_policy=W_EVICT)
+    return cols, x.to(tl.float32), w.to(tl.float32), r
+
+
+@triton.jit(do_not_specialize=["n_rows"])
+def _rmsnorm_add_segmented_kernel(
+    x_ptr,
+    weight_ptr,
+    residual_ptr,
+    scale_ptr,
+    out_ptr,
+    n_rows,
+    n_cols,
+    x_row_stride,
+    residual_row_stride,
+    out_row_stride,
+    eps,
+    HAS_SCALE: tl.constexpr,
+    ROWS: tl.constexpr,
+    SEG0: tl.constexpr,
+    SEG1: tl.constexpr,
+    LANES: tl.constexpr,
+    ACT_EVICT: tl.constexpr,
+    W_EVICT: tl.constexpr,
+    BF16_RNE_BY_BITS: tl.constexpr,
+):
+    """``ROWS`` whole rows per program in registers, like the row kernel, but a
+    row of ``n_cols = SEG0 + SEG1`` columns (powers of two, ``SEG1`` 0: none) is
+    held as two exact segments: no idle lanes (1536 = 1024 + 512 instead of
+    2048 lanes). Both segments are split over the same ``LANES`` lanes, so their
+    sums of squares add lane by lane in registers and each row costs one
+    cross-thread reduction. Other arguments as the row kernel's."""
+    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    row_ok = (rows < n_rows)[:, None, None]
+    rows64 = rows.to(tl.int64)[:, None, None]
+    act_dtype = out_ptr.dtype.element_ty
+
+    cols0, x0, w0, r0 = _segment_loads(
+        x_ptr, weight_ptr, residual_ptr, rows64, row_ok, x_row_stride, residual_row_stride,
+        0, SEG0, LANES, ACT_EVICT, W_EVICT,
+    )
+    lane_sum_sq = tl.sum(x0 * x0, axis=2)
+    if SEG1 > 0:
+        cols1, x1, w1, r1 = _segment_loads(
+            x_ptr, weight_ptr, residual_ptr, rows64, row_ok, x_row_stride, residual_row_stride,
+            SEG0, SEG1, LANES, ACT_EVICT, W_EVICT,
+        )
+        lane_sum_sq += tl.sum(x1 * x1, axis=2)
+    inv_rms = tl.rsqrt(tl.sum(lane_sum_sq, axis=1) / n_cols + eps)[:, None, None]
+
+    out0 = _norm_add_scale(x0, inv_rms, w0, r0.to(tl.float32), scale_ptr, act_dtype, HAS_SCALE, BF16_RNE_BY_BITS)
+    tl.store(out_ptr + rows64 * out_row_stride + cols0, out0.to(act_dtype), mask=row_ok)
+    if SEG1 > 0:
+        out1 = _norm_add_scale(x1, inv_rms, w1, r1.to(tl.float32), scale_ptr, act_dtype, HAS_SCALE, BF16_RNE_BY_BITS)
+        tl.store(out_ptr + rows64 * out_row_stride + cols1, out1.to(act_dtype), mask=row_ok)
 
 
 @triton.jit(do_not_specialize=["n_rows"])
@@ -374,6 +459,19 @@ def _require(problem: str | None) -> None:
 # ptxas issues the loads of the second activation and the weight only after
 # the row's sum of squares has its x (seen in the SASS for every tile shape),
 # so each program makes two dependent trips to memory; occupancy hides it.
+#
+# Exact rows (kernel "exact"; not measured yet, the table does not pick it):
+# the row kernel pads 1536 to 2048 lanes and 2560 to 4096 (25% / 37.5% of the
+# lanes idle, more registers per row, fewer rows in flight per SM). Compiled
+# for sm_90 by triton 3.8, bf16, every candidate of the sweep (1/2/4 rows,
+# 4/8/16 warps, derived lanes) needs one barrier, the row reduction's, and
+# no layout conversion: the weight is loaded in the activations' 3-D shape
+# ([1, LANES, VEC] gets a layout of its own and goes through shared memory),
+# and a lane holds at most 16 bytes of a segment (Triton spreads a longer run
+# over several threads, and 2560's 2048 segment at 64 lanes then took 33
+# barriers). The padded row kernel at 4 rows x 2048, 16 warps (the table's
+# 513..2048-row bucket) converts its 1-D weight load through 8 KB of shared
+# memory (3 barriers); at the other table shapes it has one barrier.
 
 
 class NormLaunch(NamedTuple):
@@ -382,8 +480,12 @@ class NormLaunch(NamedTuple):
     ``kernel`` "row": ``rows_per_program`` whole rows of ``block`` lanes (a power
     of two >= the row) per program, each element loaded once; "looped": one
     row per program, ``block`` columns at a time in two passes (the second
-    re-reads ``x`` from L1). ``stream_hints``: the activations (dead after the
-    read) evict_first, the weight (read by every program) evict_last.
+    re-reads ``x`` from L1); "exact": ``rows_per_program`` whole rows of
+    ``block`` = the row's width, held as its power-of-two segments (at most
+    two: 1536 = 1024 + 512) split over ``lanes`` lanes each (0: one lane per
+    thread of the row, see :func:`exact_row_lanes`), no idle lanes.
+    ``stream_hints``: the activations (dead after the read) evict_first, the
+    weight (read by every program) evict_last.
     """
 
     kernel: str
@@ -391,6 +493,7 @@ class NormLaunch(NamedTuple):
     rows_per_program: int
     num_warps: int
     stream_hints: bool = False
+    lanes: int = 0
 
 
 class TileLaunch(NamedTuple):
@@ -463,10 +566,42 @@ def gelu_launch(n_rows: int, n_cols: int) -> TileLaunch:
 
 
 def _check_launch(launch: NormLaunch | TileLaunch) -> None:
-    for field in ("block", "rows_per_program", "block_rows", "block_cols", "num_warps"):
+    # the exact kernel's block is the row's width, any sum of two powers of two
+    fields = ("rows_per_program", "block_rows", "block_cols", "num_warps", "lanes")
+    if getattr(launch, "kernel", "") != "exact":
+        fields += ("block",)
+    for field in fields:
         value = getattr(launch, field, 1)
+        if field == "lanes" and value == 0:
+            continue  # derived
         if value < 1 or value & (value - 1):
             raise ValueError(f"{field} must be a power of two: {launch}")
+
+
+EXACT_MAX_SEGMENTS = 2
+
+
+def exact_row_segments(n_cols: int) -> tuple[int, int] | None:
+    """The exact kernel's ``(SEG0, SEG1)`` for rows of ``n_cols``: its powers of
+    two, largest first, ``SEG1`` 0 for a power of two; None past two."""
+    segments = power_of_two_segments(n_cols, EXACT_MAX_SEGMENTS)
+    if segments is None:
+        return None
+    return segments[0], segments[1] if len(segments) > 1 else 0
+
+
+def exact_row_lanes(launch: NormLaunch, n_cols: int, element_size: int = 2) -> int:
+    """Lanes per row segment of an "exact" launch: ``launch.lanes``, or (0) one
+    per thread of the row, ``32 * num_warps / rows_per_program``, more where a
+    lane would get more than one 16-byte load's worth of adjacent columns of a
+    segment, as far as the smallest segment allows
+    (:func:`~sglang_gemma4.kernels.row_segments.lanes_per_row`)."""
+    segments = power_of_two_segments(n_cols, EXACT_MAX_SEGMENTS)
+    if segments is None:
+        raise ValueError(f"{n_cols} is not a sum of at most {EXACT_MAX_SEGMENTS} powers of two")
+    if launch.lanes:
+        return launch.lanes
+    return lanes_per_row(segments, 32 * launch.num_warps // launch.rows_per_program, 16 // element_size)
 
 
 # --------------------------------------------------------------------------- wrappers
@@ -505,6 +640,27 @@ def _launch_norm(
             HAS_SCALE=scale is not None,
             ROWS=launch.rows_per_program,
             BLOCK=launch.block,
+            BF16_RNE_BY_BITS=bf16_rne_by_bits,
+            num_warps=launch.num_warps,
+            **hints,
+        )
+    elif launch.kernel == "exact":
+        segments = exact_row_segments(n_cols)
+        if launch.block != n_cols or segments is None:
+            raise ValueError(
+                f"the exact kernel needs block == n_cols = {n_cols}, a sum of at most "
+                f"{EXACT_MAX_SEGMENTS} powers of two: {launch}"
+            )
+        lanes = exact_row_lanes(launch, n_cols, x.element_size())
+        if lanes > min(s for s in segments if s):
+            raise ValueError(f"lanes must not exceed the smallest row segment {segments}: {launch}")
+        _rmsnorm_add_segmented_kernel[(triton.cdiv(n_rows, launch.rows_per_program),)](
+            *args,
+            HAS_SCALE=scale is not None,
+            ROWS=launch.rows_per_program,
+            SEG0=segments[0],
+            SEG1=segments[1],
+            LANES=lanes,
             BF16_RNE_BY_BITS=bf16_rne_by_bits,
             num_warps=launch.num_warps,
             **hints,

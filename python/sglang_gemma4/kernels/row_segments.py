@@ -1,0 +1,35 @@
+"""Rows held as power-of-two segments that add up to the row.
+
+Triton tiles have power-of-two sizes, so a row of 1536 elements held in one
+tile takes 2048 lanes, a quarter of them masked and idle (2560 in 4096: 37.5%).
+Held as the powers of two its width is made of (1536 = 1024 + 512,
+2560 = 2048 + 512), a row has no idle lanes. Splitting every segment over the
+same number of lanes (each lane holds ``segment // lanes`` adjacent columns of
+each segment) lets a kernel add the segments' per-lane partial sums in
+registers and reduce across threads once per row.
+
+Pure Python (no torch, no triton): the launch helpers of the row kernels use it.
+"""
+
+from __future__ import annotations
+
+
+def power_of_two_segments(n: int, max_segments: int) -> tuple[int, ...] | None:
+    """``n`` as the distinct powers of two that sum to it (its set bits), largest
+    first: 1536 -> (1024, 512), 128 -> (128,). None when ``n < 1`` or it needs
+    more than ``max_segments``."""
+    if n < 1:
+        return None
+    segments = tuple(1 << i for i in range(n.bit_length() - 1, -1, -1) if n >> i & 1)
+    return segments if len(segments) <= max_segments else None
+
+
+def lanes_per_row(segments: tuple[int, ...], threads_per_row: int, max_columns_per_lane: int) -> int:
+    """Lanes each segment is split over: one per thread of the row
+    (``threads_per_row``, rounded down to a power of two), more where the largest
+    segment would otherwise give a lane more than ``max_columns_per_lane``
+    adjacent columns (one 16-byte load: Triton spreads a longer run over several
+    threads, and segments mapped to threads differently need layout conversions
+    through shared memory), at most as many as the smallest segment has columns."""
+    threads = 1 << (max(threads_per_row, 1).bit_length() - 1)
+    return min(min(segments), max(threads, max(segments) // max_columns_per_lane))
