@@ -12,15 +12,23 @@ launches), ``torch.compile`` of the reference, and the floor (minimal bytes /
 measured copy bandwidth).
 
 Candidates: the row kernel with padded rows (a power-of-two block) and with
-exact rows (power-of-two segments, no idle lanes), 1-2 rows per program, 4 to
-32 warps; the chunked kernel with 256-1024 columns per chunk; from 1024 tokens
-each also with eviction hints. ``old`` is the launch of the previous launch
-rule (kept in this file), ``table`` the module's ``launch_config``; the two
-fastest candidates are timed again (the spread of one config).
+exact rows (power-of-two segments, no idle lanes), one row per program, 4 to
+16 warps, in the 4-output mode also with the sums of s and r paired in one
+reduction; from 1024 tokens each also with eviction hints (those with unpaired
+sums). From 128 tokens the chunked kernel, 1024 and 2048 columns per chunk in
+4-16 warps, its passes unrolled and rolled (Inductor's choice for this
+reduction: 1024 x 8 warps, 2048 x 16), some also with paired sums. (Two rows
+per program, 32 warps, 256/512-column chunks and hinted chunks lost everywhere
+in the 2026-11-29 sweep and are no longer tried.) ``old`` is the launch of the
+previous launch rule (kept in this file), ``table`` the module's
+``launch_config``; the two fastest candidates are timed again (the spread of
+one config).
 
 Run on the GPU machine (torch + triton + CUDA, no sglang)::
 
     PYTHONPATH=python python3 benchmarks/sweep_triple_rmsnorm.py
+    PYTHONPATH=python python3 benchmarks/sweep_triple_rmsnorm.py --budget-s 190 \
+        --cases triple:2816:1,32,4096,16384,8,2,128,1024,8192 triple:5376:1,512,1024,4096,16384,256,32,8
 
 writes ``$OUT/sweep_triple_rmsnorm.json`` (after every shape) and prints a
 table. ``--dry-run`` runs every candidate once on CPU under
@@ -73,27 +81,41 @@ def old_launch(hidden: int, n_rows: int) -> tr.TripleNormLaunch:
     return tr.TripleNormLaunch("row", block, rows, max(4, min(32, rows * block // 256)))
 
 
-def candidates(hidden: int, tokens: int) -> list[tr.TripleNormLaunch]:
-    """Row kernel, padded and exact rows, 1-2 rows per program, 4..32 elements
-    of each tensor per thread; chunked kernel from 128 tokens, 4 or 8 per
-    thread per chunk; from ``HINT_TOKENS_MIN`` tokens each with hints too."""
+# Chunked candidates from 128 tokens: (columns, warps) unrolled, rolled, and
+# which of those also with paired sums (4-output mode).
+UNROLLED_CHUNKS = [(1024, 4), (1024, 8), (2048, 8), (2048, 16)]
+ROLLED_CHUNKS = [(1024, 4), (1024, 8), (1024, 16), (2048, 8), (2048, 16)]
+PAIRED_CHUNKS = [(1024, 8, True), (2048, 16, True)]  # (columns, warps, rolled)
+# Rows with paired sums up to this many tokens (the latency-bound sizes).
+PAIRED_ROWS_TOKENS_MAX = 1024
+
+
+def candidates(mode: str, hidden: int, tokens: int) -> list[tr.TripleNormLaunch]:
+    """Row kernel, padded and exact rows, one row per program, 4..32 elements
+    of each tensor per thread, paired sums too in the 4-output mode up to
+    ``PAIRED_ROWS_TOKENS_MAX`` tokens; from
+    ``HINT_TOKENS_MIN`` tokens the unpaired rows with hints too. From 128 tokens
+    the chunked kernel (``UNROLLED_CHUNKS``, ``ROLLED_CHUNKS``, ``PAIRED_CHUNKS``)."""
+    pairing = (False, True) if bench.MODES[mode].outputs == 4 and tokens <= PAIRED_ROWS_TOKENS_MAX else (False,)
     out = []
     blocks = [triton.next_power_of_2(hidden)]
     if tr.row_segments(hidden) is not None and hidden not in blocks:
         blocks.append(hidden)
     for block in blocks:
-        for rows in (1, 2):
-            if rows > 1 and tokens < 64:
-                continue
-            for warps in (4, 8, 16, 32):
-                if 4 <= rows * triton.next_power_of_2(hidden) // (32 * warps) <= 32:
-                    out.append(tr.TripleNormLaunch("row", block, rows, warps))
-    if tokens >= 128:
-        for chunk, warps in ((256, 1), (256, 2), (512, 2), (512, 4), (1024, 4), (1024, 8)):
-            if chunk < hidden:
-                out.append(tr.TripleNormLaunch("chunked", chunk, 1, warps))
+        for warps in (4, 8, 16):
+            if 4 <= triton.next_power_of_2(hidden) // (32 * warps) <= 32:
+                for paired in pairing:
+                    out.append(tr.TripleNormLaunch("row", block, 1, warps, paired_sums=paired))
     if tokens >= HINT_TOKENS_MIN:
-        out += [launch._replace(stream_hints=True) for launch in out]
+        out += [launch._replace(stream_hints=True) for launch in out if not launch.paired_sums]
+    if tokens >= 128:
+        out += [tr.TripleNormLaunch("chunked", chunk, 1, warps) for chunk, warps in UNROLLED_CHUNKS]
+        out += [tr.TripleNormLaunch("chunked", chunk, 1, warps, rolled=True) for chunk, warps in ROLLED_CHUNKS]
+        if bench.MODES[mode].outputs == 4:
+            out += [
+                tr.TripleNormLaunch("chunked", chunk, 1, warps, rolled=rolled, paired_sums=True)
+                for chunk, warps, rolled in PAIRED_CHUNKS
+            ]
     return out
 
 
@@ -101,19 +123,19 @@ def describe(launch: tr.TripleNormLaunch) -> str:
     if launch.kernel == "row":
         kind = f"row:{'exact' if launch.block != triton.next_power_of_2(launch.block) else 'b' + str(launch.block)}"
     else:
-        kind = f"chunk:{launch.block}"
-    return f"{kind}:r{launch.rows_per_program}:w{launch.num_warps}{':hints' if launch.stream_hints else ''}"
+        kind = f"chunk:{launch.block}{':rolled' if launch.rolled else ''}"
+    flags = (":hints" if launch.stream_hints else "") + (":paired" if launch.paired_sums else "")
+    return f"{kind}:r{launch.rows_per_program}:w{launch.num_warps}{flags}"
 
 
 # --------------------------------------------------------------------------- precompile
 
 
-def all_launches(cases: list[tuple[str, int]], tokens_list: list[int]) -> list[tuple[str, int, tr.TripleNormLaunch]]:
+def all_launches(shapes: list[tuple[str, int, int]]) -> list[tuple[str, int, tr.TripleNormLaunch]]:
     jobs = set()
-    for mode, hidden in cases:
-        for tokens in tokens_list:
-            for launch in candidates(hidden, tokens) + [old_launch(hidden, tokens), table_launch(mode, hidden, tokens)]:
-                jobs.add((mode, hidden, launch))
+    for mode, hidden, tokens in shapes:
+        for launch in candidates(mode, hidden, tokens) + [old_launch(hidden, tokens), table_launch(mode, hidden, tokens)]:
+            jobs.add((mode, hidden, launch))
     return sorted(jobs, key=repr)
 
 
@@ -206,7 +228,7 @@ def sweep_shape(mode: str, hidden: int, tokens: int, copy_bw: float, dry_run: bo
 
     measure_fused(old_launch(hidden, tokens), "old")
     measure_fused(table_launch(mode, hidden, tokens), "table")
-    results = [(measure_fused(launch, "candidate"), launch) for launch in candidates(hidden, tokens)]
+    results = [(measure_fused(launch, "candidate"), launch) for launch in candidates(mode, hidden, tokens)]
     results = sorted((r for r in results if r[0] == r[0]), key=lambda r: r[0])
     for _, launch in results[:2]:
         measure_fused(launch, "repeat")
@@ -234,44 +256,63 @@ def summarize(rows: list[dict]) -> list[dict]:
     return out
 
 
+def plan_shapes(case_args: list[str] | None, tokens_list: list[int]) -> list[tuple[str, int, int]]:
+    """(mode, hidden, tokens) in sweep order. Cases without their own token
+    counts take ``tokens_list``; shapes are ordered by position in their
+    case's token list, then by case (the targets' sizes first)."""
+    cases = []
+    for arg in case_args or [f"{mode}:{hidden}" for mode, hidden in CASES]:
+        mode, hidden, *own = arg.split(":")
+        if mode not in bench.MODES:
+            sys.exit(f"unknown mode {mode!r} in --cases {arg}")
+        cases.append((mode, int(hidden), [int(t) for t in own[0].split(",")] if own else tokens_list))
+    depth = max(len(tokens) for _, _, tokens in cases)
+    return [(mode, hidden, tokens[i]) for i in range(depth) for mode, hidden, tokens in cases if i < len(tokens)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tokens", type=int, nargs="*")
-    parser.add_argument("--cases", nargs="*", help="mode:hidden, e.g. triple:2816 (default: all five)")
+    parser.add_argument(
+        "--cases",
+        nargs="*",
+        help="mode:hidden[:tokens,...], e.g. triple:2816 or triple:2816:1,32,4096 (own token counts; "
+        "default: all five cases at --tokens)",
+    )
     parser.add_argument("--budget-s", type=float, default=270.0, help="skip the shapes left after this long")
     parser.add_argument("--dry-run", action="store_true")
     parser.add_argument("--workers", type=int, default=min(15, (os.cpu_count() or 2) - 1), help="compile processes")
     args = parser.parse_args()
     if args.dry_run and os.environ.get("TRITON_INTERPRET") != "1":
         sys.exit("--dry-run needs TRITON_INTERPRET=1")
-    cases = [(c.split(":")[0], int(c.split(":")[1])) for c in args.cases] if args.cases else CASES
     tokens_list = args.tokens or (DRY_RUN_TOKENS if args.dry_run else TOKEN_ORDER)
+    shapes = plan_shapes(args.cases, tokens_list)
+    print(f"{len(shapes)} shapes, {sum(len(candidates(*s)) for s in shapes)} candidates", flush=True)
 
     started = time.perf_counter()
     if not args.dry_run:
         bench.allow_one_compile_per_shape()
         if args.workers > 0:
-            references = [(mode, hidden, t) for t in tokens_list for mode, hidden in cases if compiles(mode, t)]
+            references = [shape for shape in shapes if compiles(shape[0], shape[2])]
             harness.precompile_in_processes(
-                [(compile_references, references), (compile_kernels, all_launches(cases, tokens_list))], args.workers
+                [(compile_references, references), (compile_kernels, all_launches(shapes))], args.workers
             )
             print(f"[{time.perf_counter() - started:6.1f}s] precompiled", flush=True)
     copy_bw = 4.2 if args.dry_run else harness.copy_bandwidth_TBps()
     print(f"copy bandwidth {copy_bw:.2f} TB/s", flush=True)
     rows: list[dict] = []
-    for tokens in tokens_list:
-        for mode, hidden in cases:
-            if time.perf_counter() - started > args.budget_s:
-                print(f"budget spent: skipping {mode} hidden={hidden} tokens={tokens}", flush=True)
-                continue
-            rows += sweep_shape(mode, hidden, tokens, copy_bw, args.dry_run)
-            if not args.dry_run:  # after every shape, so a run cut short keeps what it measured
-                doc = {
-                    "benchmark": "sweep_triple_rmsnorm", **harness.environment(),
-                    "copy_bandwidth_TBps": round(copy_bw, 3), "summary": summarize(rows), "rows": rows,
-                }
-                (harness.out_dir() / "sweep_triple_rmsnorm.json").write_text(json.dumps(doc, indent=1) + "\n")
-            print(f"[{time.perf_counter() - started:6.1f}s] {mode} hidden={hidden} tokens={tokens} done", flush=True)
+    for mode, hidden, tokens in shapes:
+        if time.perf_counter() - started > args.budget_s:
+            print(f"budget spent: skipping {mode} hidden={hidden} tokens={tokens}", flush=True)
+            continue
+        rows += sweep_shape(mode, hidden, tokens, copy_bw, args.dry_run)
+        if not args.dry_run:  # after every shape, so a run cut short keeps what it measured
+            doc = {
+                "benchmark": "sweep_triple_rmsnorm", **harness.environment(),
+                "copy_bandwidth_TBps": round(copy_bw, 3), "summary": summarize(rows), "rows": rows,
+            }
+            (harness.out_dir() / "sweep_triple_rmsnorm.json").write_text(json.dumps(doc, indent=1) + "\n")
+        print(f"[{time.perf_counter() - started:6.1f}s] {mode} hidden={hidden} tokens={tokens} done", flush=True)
 
     failed = [r for r in rows if r.get("error")]
     print(f"{len(rows)} timings, {len(failed)} failed their check ({time.perf_counter() - started:.0f}s)")

@@ -122,6 +122,56 @@ def test_hints_change_nothing(dtype):
         assert all(torch.equal(a, b) for a, b in zip(plain, hinted))
 
 
+# The rolled chunk loops and the paired sums of s and r: chunks that divide the
+# row or not, padded and exact rows, 1 and 2 rows per program.
+LOOP_AND_SUM_VARIANTS = {
+    "chunked_rolled": (1000, TripleNormLaunch("chunked", 256, 1, 2, rolled=True)),
+    "chunked_rolled_paired": (1000, TripleNormLaunch("chunked", 64, 1, 1, rolled=True, paired_sums=True)),
+    "chunked_rolled_one_chunk": (128, TripleNormLaunch("chunked", 256, 1, 2, rolled=True, stream_hints=True)),
+    "chunked_paired": (1000, TripleNormLaunch("chunked", 256, 1, 2, paired_sums=True)),
+    "row_padded_paired": (1000, TripleNormLaunch("row", 1024, 1, 4, paired_sums=True)),
+    "row_exact_paired_2x": (896, TripleNormLaunch("row", 896, 2, 2, paired_sums=True)),
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("variant", LOOP_AND_SUM_VARIANTS)
+def test_rolled_and_paired_variants_match_reference(variant, dtype):
+    hidden, launch = LOOP_AND_SUM_VARIANTS[variant]
+    _check(5, hidden, dtype, launch=launch, scale=300.0, zero_row=True, seed=hidden)
+    _check_norm_add(5, hidden, dtype, launch, in_place=True, seed=hidden)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
+@pytest.mark.parametrize("chunk,hidden", [(256, 1000), (64, 128), (256, 128)])
+def test_rolled_chunks_are_the_unrolled_bits(chunk, hidden, dtype):
+    """Rolling the passes changes no addition's order: same bits in both modes,
+    also with ``r`` written over the residual."""
+    attn_out, residual, weights = triple_norm_inputs(3, hidden, dtype, seed=chunk)
+    unrolled = TripleNormLaunch("chunked", chunk, 1, 2)
+    rolled = unrolled._replace(rolled=True)
+    for fn, n_weights in ((post_attn_triple_rmsnorm, 4), (post_attn_norm_add, 2)):
+        expected = fn(attn_out, residual, *weights[:n_weights], EPS, launch=unrolled)
+        residual_out = residual.clone()
+        actual = fn(attn_out, residual_out, *weights[:n_weights], EPS, residual_out=residual_out, launch=rolled)
+        assert all(torch.equal(a, e) for a, e in zip(actual, expected))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
+def test_paired_sums_leave_r_and_the_two_output_mode_alone(dtype):
+    """Pairing only reorders the sums of s and r, which ``r`` does not depend
+    on; the 2-output mode has no sum of r and ignores the flag."""
+    attn_out, residual, weights = triple_norm_inputs(5, 1000, dtype, seed=9)
+    for launch in (TripleNormLaunch("row", 1024, 2, 4), TripleNormLaunch("chunked", 256, 1, 2, rolled=True)):
+        paired = launch._replace(paired_sums=True)
+        triple = post_attn_triple_rmsnorm(attn_out, residual, *weights, EPS, launch=launch)
+        triple_paired = post_attn_triple_rmsnorm(attn_out, residual, *weights, EPS, launch=paired)
+        assert torch.equal(triple[0], triple_paired[0])
+        pair = post_attn_norm_add(attn_out, residual, *weights[:2], EPS, launch=launch)
+        pair_paired = post_attn_norm_add(attn_out, residual, *weights[:2], EPS, launch=paired)
+        assert all(torch.equal(a, b) for a, b in zip(pair, pair_paired))
+
+
 def test_row_segments_and_lanes():
     assert row_segments(2816) == (2048, 512, 256)
     assert row_segments(5376) == (4096, 1024, 256)
@@ -148,20 +198,20 @@ def test_residual_updated_in_place(launch):
 
 def test_launch_config_by_width_and_batch():
     # The measured widths (the table), per mode.
-    assert launch_config(2816, 1) == ("row", 2816, 1, 8, False)
-    assert launch_config(2816, 2048) == ("row", 2816, 1, 8, False)
-    assert launch_config(2816, 2049) == ("chunked", 1024, 1, 4, False)
-    assert launch_config(5376, 128) == ("row", 8192, 1, 8, False)
-    assert launch_config(5376, 129) == ("row", 5376, 1, 8, False)
-    assert launch_config(5376, 16384) == ("chunked", 1024, 1, 4, False)
-    assert launch_config(5376, 16384, moe_outputs=False) == ("row", 8192, 1, 16, False)
-    assert launch_config(1536, 16384, moe_outputs=False) == ("row", 1536, 1, 4, False)
-    assert launch_config(2560, 1, moe_outputs=False) == ("row", 2560, 1, 8, False)
+    assert launch_config(2816, 1) == TripleNormLaunch("row", 2816, 1, 8)
+    assert launch_config(2816, 2048) == TripleNormLaunch("row", 2816, 1, 8)
+    assert launch_config(2816, 2049) == TripleNormLaunch("chunked", 1024, 1, 4)
+    assert launch_config(5376, 128) == TripleNormLaunch("row", 8192, 1, 8)
+    assert launch_config(5376, 129) == TripleNormLaunch("row", 5376, 1, 8)
+    assert launch_config(5376, 16384) == TripleNormLaunch("chunked", 1024, 1, 4)
+    assert launch_config(5376, 16384, moe_outputs=False) == TripleNormLaunch("row", 8192, 1, 16)
+    assert launch_config(1536, 16384, moe_outputs=False) == TripleNormLaunch("row", 1536, 1, 4)
+    assert launch_config(2560, 1, moe_outputs=False) == TripleNormLaunch("row", 2560, 1, 8)
     # Elsewhere the general rule.
-    assert launch_config(1536, 1) == ("row", 2048, 1, 8, False)
-    assert launch_config(128, 1) == ("row", 128, 16, 8, False)
-    assert launch_config(1000, 4096) == ("row", 1024, 2, 8, False)
-    assert launch_config(3072, 129, moe_outputs=False) == ("chunked", 1024, 1, 4, False)
+    assert launch_config(1536, 1) == TripleNormLaunch("row", 2048, 1, 8)
+    assert launch_config(128, 1) == TripleNormLaunch("row", 128, 16, 8)
+    assert launch_config(1000, 4096) == TripleNormLaunch("row", 1024, 2, 8)
+    assert launch_config(3072, 129, moe_outputs=False) == TripleNormLaunch("chunked", 1024, 1, 4)
 
 
 @pytest.mark.parametrize("outputs,hidden", sorted(_LAUNCH_TABLE))
@@ -217,6 +267,7 @@ def test_unsupported_inputs_raise_and_empty_batch_returns_empty():
         TripleNormLaunch("chunked", 100, 1, 4),
         TripleNormLaunch("chunked", 64, 2, 4),
         TripleNormLaunch("looped", 64, 1, 4),
+        TripleNormLaunch("row", 128, 1, 4, rolled=True),  # no loop to roll
     ):
         with pytest.raises(ValueError):
             post_attn_triple_rmsnorm(attn_out, residual, *weights, EPS, launch=bad)

@@ -51,7 +51,9 @@ ROUTING_AGREEMENT_MIN = 0.999
 
 def variants(hidden: int) -> dict[str, TripleNormLaunch]:
     """Every kernel variant: padded and exact rows (1 and 2 per program, the
-    launch table's warps and others), chunks dividing the row or not, hints."""
+    launch table's warps and others), chunks dividing the row or not, hints;
+    chunk loops rolled (Inductor's 1024 x 8 warps and 2048 x 16) and unrolled,
+    the sums of s and r paired in one reduction."""
     padded = triton.next_power_of_2(hidden)
     return {
         "row_padded": TripleNormLaunch("row", padded, 1, 16),
@@ -62,6 +64,11 @@ def variants(hidden: int) -> dict[str, TripleNormLaunch]:
         "chunked_256_hints": TripleNormLaunch("chunked", 256, 1, 1, stream_hints=True),
         "chunked_512": TripleNormLaunch("chunked", 512, 1, 2),
         "chunked_1024": TripleNormLaunch("chunked", 1024, 1, 4),
+        "chunked_2048_w8": TripleNormLaunch("chunked", 2048, 1, 8),
+        "chunked_1024_w8_rolled": TripleNormLaunch("chunked", 1024, 1, 8, rolled=True),
+        "chunked_2048_w16_rolled_paired": TripleNormLaunch("chunked", 2048, 1, 16, rolled=True, paired_sums=True),
+        "row_exact_paired": TripleNormLaunch("row", hidden, 1, 8, paired_sums=True),
+        "row_padded_w8_paired": TripleNormLaunch("row", padded, 1, 8, paired_sums=True),
     }
 
 
@@ -69,7 +76,9 @@ VARIANTS = list(variants(2816))
 # Each variant in bf16 (the sweep has compiled those), one of each code path in
 # every dtype (each dtype is a compilation: keep the device run short).
 VARIANT_DTYPES = [(v, torch.bfloat16) for v in VARIANTS] + [
-    (v, d) for v in ("row_padded", "row_exact", "chunked_256_hints") for d in (torch.float16, torch.float32)
+    (v, d)
+    for v in ("row_padded", "row_exact", "chunked_256_hints", "chunked_1024_w8_rolled", "row_exact_paired")
+    for d in (torch.float16, torch.float32)
 ]
 
 
@@ -96,6 +105,30 @@ def test_every_variant_at_any_batch(hidden, dtype, variant):
     partial last program included."""
     for tokens in (3, 129):
         _run(tokens, hidden, dtype, launch=variants(hidden)[variant], seed=tokens)
+
+
+# (variant, the same launch without the rolled loops or the paired sums)
+SAME_BITS = [
+    ("chunked_1024_w8_rolled", TripleNormLaunch("chunked", 1024, 1, 8)),
+    ("chunked_2048_w16_rolled_paired", TripleNormLaunch("chunked", 2048, 1, 16, rolled=True)),
+    ("row_exact_paired", TripleNormLaunch("row", 0, 1, 8)),
+    ("row_padded_w8_paired", TripleNormLaunch("row", 0, 1, 8)),
+]
+
+
+@pytest.mark.parametrize("variant,plain", SAME_BITS, ids=[v for v, _ in SAME_BITS])
+@pytest.mark.parametrize("hidden", HIDDENS)
+def test_rolled_loops_and_paired_sums_keep_the_bits(hidden, variant, plain):
+    """Rolling adds the chunks in the same order; a paired reduction combines
+    each operand as its own tl.sum would (same tree): bf16 outputs bit for bit."""
+    launch = variants(hidden)[variant]
+    if plain.kernel == "row":
+        plain = plain._replace(block=launch.block)
+    attn_out, residual, weights = triple_norm_inputs(257, hidden, torch.bfloat16, device="cuda", seed=11)
+    expected = post_attn_triple_rmsnorm(attn_out, residual, *weights, EPS, launch=plain)
+    actual = post_attn_triple_rmsnorm(attn_out, residual, *weights, EPS, launch=launch)
+    for name, a, e in zip(OUTPUT_NAMES, actual, expected):
+        assert torch.equal(a, e), name
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)

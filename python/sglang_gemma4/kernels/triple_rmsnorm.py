@@ -55,6 +55,11 @@ chunks over three passes, re-reading from cache, whose small register
 footprint keeps many rows in flight per SM. :func:`launch_config` picks the
 kernel and its shape from a table measured on the H200 (the 4-output mode
 takes the chunks for prefills; the 2-output mode whole rows at every size).
+Two options of :class:`TripleNormLaunch` change how, not what, they compute:
+the chunked passes as rolled loops (as Inductor compiles this reduction: one
+chunk's registers live) instead of unrolled, and the sums of squares of ``s``
+and ``r`` paired into one cross-thread reduction (two dependent reductions per
+row instead of three).
 """
 
 from __future__ import annotations
@@ -136,6 +141,24 @@ def _residual_sum(x, res, inv_x, w_post, act: tl.constexpr, BF16_RNE_BY_BITS: tl
     a = round_to((x * inv_x) * w_post, act, BF16_RNE_BY_BITS)
     s = a + res
     return s, round_to(s, act, BF16_RNE_BY_BITS).to(act)
+
+
+@triton.jit
+def _add_pairs(s_a, r_a, s_b, r_b):
+    return s_a + s_b, r_a + r_b
+
+
+@triton.jit
+def _sums_of_s_and_r(lane_s, lane_r, axis: tl.constexpr, PAIRED_SUMS: tl.constexpr):
+    """The row sums of ``lane_s`` and ``lane_r`` along ``axis``. ``PAIRED_SUMS``:
+    both in one cross-thread reduction of the pair (one shared-memory round trip
+    and barrier instead of two; the same fp32 additions, possibly in another order)."""
+    if PAIRED_SUMS:
+        sum_s, sum_r = tl.reduce((lane_s, lane_r), axis, _add_pairs)
+    else:
+        sum_s = tl.sum(lane_s, axis=axis)
+        sum_r = tl.sum(lane_r, axis=axis)
+    return sum_s, sum_r
 
 
 @triton.jit
@@ -238,6 +261,7 @@ def _triple_norm_row_kernel(
     MOE_OUTPUTS: tl.constexpr,
     ACT_EVICT: tl.constexpr,
     BF16_RNE_BY_BITS: tl.constexpr,
+    PAIRED_SUMS: tl.constexpr,
 ):
     """``ROWS`` whole rows per program, held in registers: each element is loaded
     once and every load is issued up front (the latency-bound decode sizes).
@@ -249,7 +273,9 @@ def _triple_norm_row_kernel(
     segment), so that the segments' sums of squares add lane by lane, in
     registers, and each row sum costs one cross-thread reduction.
     Without ``MOE_OUTPUTS`` only ``r`` and ``dense_in`` (the router/expert
-    pointers are not touched). ``ACT_EVICT``: the activations' eviction hint."""
+    pointers are not touched). ``ACT_EVICT``: the activations' eviction hint.
+    ``PAIRED_SUMS``: the sums of squares of ``s`` and ``r`` in one cross-thread
+    reduction (two dependent reductions per row instead of three)."""
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     row_ok = rows < n_rows
     # int64: rows * hidden passes 2**31 for prefills of ~760k tokens at hidden 2816.
@@ -289,8 +315,9 @@ def _triple_norm_row_kernel(
     # fused_add_rmsnorm normalizes the unrounded fp32 sum; the router's norm and
     # pre_feedforward_layernorm_2 read the stored residual. (Without MOE_OUTPUTS
     # the compiler drops the sum of r, which nothing reads.)
-    inv_s = tl.rsqrt(tl.sum(lane_s, axis=1) / hidden + eps)[:, None, None]
-    inv_r = tl.rsqrt(tl.sum(lane_r, axis=1) / hidden + eps)[:, None, None]
+    sum_s, sum_r = _sums_of_s_and_r(lane_s, lane_r, 1, PAIRED_SUMS)
+    inv_s = tl.rsqrt(sum_s / hidden + eps)[:, None, None]
+    inv_r = tl.rsqrt(sum_r / hidden + eps)[:, None, None]
 
     _segment_outputs(
         s0, r0, inv_s, inv_r, wf0, wr0, wm0, dense_ptr, router_ptr, moe_ptr, offs0, mask0,
@@ -306,6 +333,59 @@ def _triple_norm_row_kernel(
             s2, r2, inv_s, inv_r, wf2, wr2, wm2, dense_ptr, router_ptr, moe_ptr, offs2, mask2,
             MOE_OUTPUTS, BF16_RNE_BY_BITS,
         )
+
+
+@triton.jit
+def _chunk_x_squares(attn_ptr, base, cols, hidden):
+    x = tl.load(attn_ptr + base + cols, mask=cols < hidden, other=0.0).to(tl.float32)
+    return x * x
+
+
+@triton.jit
+def _chunk_residual(
+    attn_ptr, res_ptr, w_post_ptr, base, cols, col_ok, inv_x, EVICT: tl.constexpr, BF16_RNE_BY_BITS: tl.constexpr
+):
+    """``(s, r)`` of a chunk (see :func:`_residual_sum`); the activations' loads with hint ``EVICT``."""
+    act = res_ptr.dtype.element_ty
+    x = tl.load(attn_ptr + base + cols, mask=col_ok, other=0.0, eviction_policy=EVICT).to(tl.float32)
+    res = tl.load(res_ptr + base + cols, mask=col_ok, other=0.0, eviction_policy=EVICT).to(tl.float32)
+    return _residual_sum(x, res, inv_x, _load_weight(w_post_ptr, cols, col_ok), act, BF16_RNE_BY_BITS)
+
+
+@triton.jit
+def _chunk_s_and_r_squares(
+    attn_ptr, res_ptr, w_post_ptr, base, cols, hidden, inv_x,
+    MOE_OUTPUTS: tl.constexpr, BF16_RNE_BY_BITS: tl.constexpr,
+):
+    """``(s * s, r * r)`` of a chunk (``r * r`` is zero without ``MOE_OUTPUTS``)."""
+    s, r = _chunk_residual(attn_ptr, res_ptr, w_post_ptr, base, cols, cols < hidden, inv_x, "", BF16_RNE_BY_BITS)
+    r32 = r.to(tl.float32)
+    if MOE_OUTPUTS:
+        r_squares = r32 * r32
+    else:
+        r_squares = tl.zeros_like(r32)
+    return s * s, r_squares
+
+
+@triton.jit
+def _chunk_outputs(
+    attn_ptr, res_ptr, w_post_ptr, w_pre_ff_ptr, w_router_ptr, w_pre_ff_2_ptr,
+    r_ptr, dense_ptr, router_ptr, moe_ptr, base, cols, hidden, inv_x, inv_s, inv_r,
+    MOE_OUTPUTS: tl.constexpr, ACT_EVICT: tl.constexpr, BF16_RNE_BY_BITS: tl.constexpr,
+):
+    """Recompute ``s`` and ``r`` of a chunk and store its outputs."""
+    act = r_ptr.dtype.element_ty
+    col_ok = cols < hidden
+    s, r = _chunk_residual(attn_ptr, res_ptr, w_post_ptr, base, cols, col_ok, inv_x, ACT_EVICT, BF16_RNE_BY_BITS)
+    tl.store(r_ptr + base + cols, r, mask=col_ok)
+    dense = (s * inv_s) * _load_weight(w_pre_ff_ptr, cols, col_ok)
+    tl.store(dense_ptr + base + cols, round_to(dense, act, BF16_RNE_BY_BITS).to(act), mask=col_ok)
+    if MOE_OUTPUTS:
+        r_normed = r.to(tl.float32) * inv_r
+        router = r_normed * _load_weight(w_router_ptr, cols, col_ok)
+        tl.store(router_ptr + base + cols, round_to(router, act, BF16_RNE_BY_BITS).to(act), mask=col_ok)
+        moe = r_normed * _load_weight(w_pre_ff_2_ptr, cols, col_ok)
+        tl.store(moe_ptr + base + cols, round_to(moe, act, BF16_RNE_BY_BITS).to(act), mask=col_ok)
 
 
 @triton.jit(do_not_specialize=["n_rows"])
@@ -325,12 +405,13 @@ def _triple_norm_chunked_kernel(
     eps,
     CHUNK: tl.constexpr,
     NUM_CHUNKS: tl.constexpr,
+    ROLLED: tl.constexpr,
     MOE_OUTPUTS: tl.constexpr,
     ACT_EVICT: tl.constexpr,
     BF16_RNE_BY_BITS: tl.constexpr,
+    PAIRED_SUMS: tl.constexpr,
 ):
-    """One row per program, ``CHUNK`` columns at a time, in three passes (each
-    unrolled, so that a pass has all its chunks' loads in flight at once): the
+    """One row per program, ``CHUNK`` columns at a time, in three passes: the
     sum of squares of attn_out; the sums of squares of ``s`` and ``r``; all four
     outputs. Few registers per program, so many rows are in flight per SM (the
     bandwidth-bound sizes). Passes 2 and 3 re-read the row from L1/L2, so DRAM
@@ -338,50 +419,61 @@ def _triple_norm_chunked_kernel(
     operations on the same inputs (bit-identical), and is the only pass that
     stores, so ``r`` may overwrite the residual it is computed from. Without
     ``MOE_OUTPUTS`` only ``r`` and ``dense_in``, and no sum of squares of ``r``.
-    ``ACT_EVICT``: the eviction hint of pass 3's activation loads, the last read."""
+    ``ACT_EVICT``: the eviction hint of pass 3's activation loads, the last read.
+
+    ``ROLLED``: each pass is a loop over the row's runtime width (one chunk's
+    registers live at a time, so more rows per SM); else unrolled over the
+    ``NUM_CHUNKS`` chunks (all of a pass's loads in flight at once, more
+    registers). Both add the chunks in the same order. ``PAIRED_SUMS``: the
+    sums of ``s`` and ``r`` in one cross-thread reduction."""
     base = tl.program_id(0).to(tl.int64) * hidden
     lanes = tl.arange(0, CHUNK)
-    act = r_ptr.dtype.element_ty
 
     sum_x = tl.zeros([CHUNK], dtype=tl.float32)
-    for c in tl.static_range(NUM_CHUNKS):
-        cols = c * CHUNK + lanes
-        x = tl.load(attn_ptr + base + cols, mask=cols < hidden, other=0.0).to(tl.float32)
-        sum_x += x * x
+    if ROLLED:
+        for start in tl.range(0, hidden, CHUNK):
+            sum_x += _chunk_x_squares(attn_ptr, base, start + lanes, hidden)
+    else:
+        for c in tl.static_range(NUM_CHUNKS):
+            sum_x += _chunk_x_squares(attn_ptr, base, c * CHUNK + lanes, hidden)
     inv_x = tl.rsqrt(tl.sum(sum_x, axis=0) / hidden + eps)
 
-    sum_s = tl.zeros([CHUNK], dtype=tl.float32)
-    sum_r = tl.zeros([CHUNK], dtype=tl.float32)
-    for c in tl.static_range(NUM_CHUNKS):
-        cols = c * CHUNK + lanes
-        col_ok = cols < hidden
-        x = tl.load(attn_ptr + base + cols, mask=col_ok, other=0.0).to(tl.float32)
-        res = tl.load(res_ptr + base + cols, mask=col_ok, other=0.0).to(tl.float32)
-        s, r = _residual_sum(x, res, inv_x, _load_weight(w_post_ptr, cols, col_ok), act, BF16_RNE_BY_BITS)
-        sum_s += s * s
-        if MOE_OUTPUTS:
-            r32 = r.to(tl.float32)
-            sum_r += r32 * r32
+    lane_s = tl.zeros([CHUNK], dtype=tl.float32)
+    lane_r = tl.zeros([CHUNK], dtype=tl.float32)
+    if ROLLED:
+        for start in tl.range(0, hidden, CHUNK):
+            s_squares, r_squares = _chunk_s_and_r_squares(
+                attn_ptr, res_ptr, w_post_ptr, base, start + lanes, hidden, inv_x, MOE_OUTPUTS, BF16_RNE_BY_BITS
+            )
+            lane_s += s_squares
+            lane_r += r_squares
+    else:
+        for c in tl.static_range(NUM_CHUNKS):
+            s_squares, r_squares = _chunk_s_and_r_squares(
+                attn_ptr, res_ptr, w_post_ptr, base, c * CHUNK + lanes, hidden, inv_x, MOE_OUTPUTS, BF16_RNE_BY_BITS
+            )
+            lane_s += s_squares
+            lane_r += r_squares
     # fused_add_rmsnorm normalizes the unrounded fp32 sum; the router's norm and
     # pre_feedforward_layernorm_2 read the stored residual.
-    inv_s = tl.rsqrt(tl.sum(sum_s, axis=0) / hidden + eps)
-    inv_r = tl.rsqrt(tl.sum(sum_r, axis=0) / hidden + eps)
+    sum_s, sum_r = _sums_of_s_and_r(lane_s, lane_r, 0, PAIRED_SUMS)
+    inv_s = tl.rsqrt(sum_s / hidden + eps)
+    inv_r = tl.rsqrt(sum_r / hidden + eps)
 
-    for c in tl.static_range(NUM_CHUNKS):
-        cols = c * CHUNK + lanes
-        col_ok = cols < hidden
-        x = tl.load(attn_ptr + base + cols, mask=col_ok, other=0.0, eviction_policy=ACT_EVICT).to(tl.float32)
-        res = tl.load(res_ptr + base + cols, mask=col_ok, other=0.0, eviction_policy=ACT_EVICT).to(tl.float32)
-        s, r = _residual_sum(x, res, inv_x, _load_weight(w_post_ptr, cols, col_ok), act, BF16_RNE_BY_BITS)
-        tl.store(r_ptr + base + cols, r, mask=col_ok)
-        dense = (s * inv_s) * _load_weight(w_pre_ff_ptr, cols, col_ok)
-        tl.store(dense_ptr + base + cols, round_to(dense, act, BF16_RNE_BY_BITS).to(act), mask=col_ok)
-        if MOE_OUTPUTS:
-            r_normed = r.to(tl.float32) * inv_r
-            router = r_normed * _load_weight(w_router_ptr, cols, col_ok)
-            tl.store(router_ptr + base + cols, round_to(router, act, BF16_RNE_BY_BITS).to(act), mask=col_ok)
-            moe = r_normed * _load_weight(w_pre_ff_2_ptr, cols, col_ok)
-            tl.store(moe_ptr + base + cols, round_to(moe, act, BF16_RNE_BY_BITS).to(act), mask=col_ok)
+    if ROLLED:
+        for start in tl.range(0, hidden, CHUNK):
+            _chunk_outputs(
+                attn_ptr, res_ptr, w_post_ptr, w_pre_ff_ptr, w_router_ptr, w_pre_ff_2_ptr,
+                r_ptr, dense_ptr, router_ptr, moe_ptr, base, start + lanes, hidden, inv_x, inv_s, inv_r,
+                MOE_OUTPUTS, ACT_EVICT, BF16_RNE_BY_BITS,
+            )
+    else:
+        for c in tl.static_range(NUM_CHUNKS):
+            _chunk_outputs(
+                attn_ptr, res_ptr, w_post_ptr, w_pre_ff_ptr, w_router_ptr, w_pre_ff_2_ptr,
+                r_ptr, dense_ptr, router_ptr, moe_ptr, base, c * CHUNK + lanes, hidden, inv_x, inv_s, inv_r,
+                MOE_OUTPUTS, ACT_EVICT, BF16_RNE_BY_BITS,
+            )
 
 
 class TripleNormLaunch(NamedTuple):
@@ -393,6 +485,12 @@ class TripleNormLaunch(NamedTuple):
     held as those segments, no idle lanes). "chunked": one row per program,
     ``block`` (a power of two) columns at a time. ``stream_hints``: the
     activations' last loads evict_first (they are dead after the read).
+    ``rolled`` (chunked only): each pass a loop over the row instead of
+    unrolled over its chunks (one chunk's registers live, so more rows per SM;
+    fewer loads in flight per row), compiled with one pipeline stage, as
+    Inductor compiles its reductions. ``paired_sums``: the 4-output mode's sums
+    of squares of ``s`` and ``r`` in one cross-thread reduction (no effect with
+    2 outputs, which have no sum of ``r``).
     """
 
     kernel: str
@@ -400,6 +498,8 @@ class TripleNormLaunch(NamedTuple):
     rows_per_program: int
     num_warps: int
     stream_hints: bool = False
+    rolled: bool = False
+    paired_sums: bool = False
 
 
 def row_segments(hidden: int) -> tuple[int, int, int] | None:
@@ -583,10 +683,13 @@ def _launch(
         "MOE_OUTPUTS": moe_outputs,
         "ACT_EVICT": "evict_first" if launch.stream_hints else "",
         "BF16_RNE_BY_BITS": triton_interpreting() and attn_out.dtype == torch.bfloat16,
+        "PAIRED_SUMS": launch.paired_sums and moe_outputs,
     }
     if launch.rows_per_program < 1 or launch.rows_per_program & (launch.rows_per_program - 1):
         raise ValueError(f"rows_per_program must be a power of two: {launch}")
     if launch.kernel == "row":
+        if launch.rolled:
+            raise ValueError(f"the row kernel has no loop to roll: {launch}")
         segments = row_segments(hidden) if launch.block == hidden else None
         if segments is None:
             if launch.block < hidden or launch.block & (launch.block - 1):
@@ -615,7 +718,12 @@ def _launch(
             *args,
             CHUNK=launch.block,
             NUM_CHUNKS=triton.cdiv(hidden, launch.block),
+            ROLLED=launch.rolled,
             num_warps=launch.num_warps,
+            # Rolled loops: one stage, as Inductor compiles the same reduction
+            # (the configuration measured fast on the H200); unrolled passes
+            # have no loop and keep Triton's default.
+            **({"num_stages": 1} if launch.rolled else {}),
             **constants,
         )
     else:
