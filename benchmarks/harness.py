@@ -28,6 +28,9 @@ import torch
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 WARMUP_S = 0.02  # warm-up replays before timing, seconds
+# GPU spin before a batch of timed replays, per replay: ~50 us at the H200's 1.98 GHz,
+# several times what the host takes to enqueue one replay and its two events.
+HOST_LEAD_CYCLES_PER_REPLAY = 100_000
 
 
 def out_dir() -> Path:
@@ -87,15 +90,23 @@ def _captured_graph(fns: Sequence[Callable[[], object]], calls_per_graph: int) -
 
 
 def _us_per_call(graph: torch.cuda.CUDAGraph, replays: int, calls_per_graph: int) -> list[float]:
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    times = []
-    for _ in range(replays):
+    """Microseconds per call of ``replays`` replays, each between its own pair of events.
+
+    The replays are enqueued back to back behind a spin kernel, and synchronized
+    once: the host gets ahead of the GPU, so its launch latency and any stall of
+    the host thread (preemption, a busy compile pool) fall outside the timed
+    spans instead of inside them. (Timed one replay at a time with a sync after
+    each, every span also held the host's own graph-launch latency, a few us
+    divided over the graph's calls, and more when the host was busy.)
+    """
+    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(replays)]
+    torch.cuda._sleep(HOST_LEAD_CYCLES_PER_REPLAY * replays)
+    for start, end in events:
         start.record()
         graph.replay()
         end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) * 1e3 / calls_per_graph)
-    return times
+    torch.cuda.synchronize()
+    return [start.elapsed_time(end) * 1e3 / calls_per_graph for start, end in events]
 
 
 def graph_us_interleaved(
