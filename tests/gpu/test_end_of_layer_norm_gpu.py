@@ -90,12 +90,21 @@ def _launch_id(launch: eol.EndOfLayerLaunch) -> str:
     return f"c{launch.block_h}w{launch.num_warps}u{launch.unroll}"
 
 
-@pytest.mark.parametrize("launch", [l for l in CHUNKED if l.unroll], ids=_launch_id)
-@pytest.mark.parametrize("kind,hidden", REAL_WIDTHS)
-def test_rolled_passes_give_the_unrolled_bits(kind, hidden, launch):
-    """Passes 2-4 as loops compile to other code, yet every lane adds its chunks
-    in the same order: the same bits as the unrolled passes (bf16, 4096 rows)."""
-    case = end_of_layer_case(kind, 4096, hidden, torch.bfloat16, seed=12, device="cuda")
+KIND_OF_WIDTH = {1536: "ple", 2560: "ple", 2816: "moe", 5376: "dense"}
+TABLE_ROLLED = sorted(
+    {(hidden, launch) for hidden, buckets in eol.CHUNKED_TABLE.items() for _, launch in buckets if launch.unroll}
+)
+
+
+@pytest.mark.parametrize("hidden,launch", TABLE_ROLLED, ids=lambda v: str(v) if isinstance(v, int) else _launch_id(v))
+def test_table_rolled_launches_give_the_unrolled_bits(hidden, launch):
+    """The table's rolled launches give the bits of the same launch unrolled (bf16,
+    4096 rows): every lane adds its chunks in the same order. Not every rolled
+    shape does: on the H200 (2026-11-29) the MoE kernel at 1024 columns x 8
+    warps and at 512 x 4 differed from their unrolled forms in the last bits
+    (the loop body compiles to other instruction sequences), within the
+    reference bound the tests above check for every sweep launch."""
+    case = end_of_layer_case(KIND_OF_WIDTH[hidden], 4096, hidden, torch.bfloat16, seed=12, device="cuda")
     for a, b in zip(case.run(launch=launch), case.run(launch=launch._replace(unroll=0))):
         assert torch.equal(a, b)
 

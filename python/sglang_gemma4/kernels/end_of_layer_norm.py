@@ -346,7 +346,7 @@ class EndOfLayerLaunch(NamedTuple):
 
 # Row kernel, measured on the H200 (torch 2.11, triton 3.6, bf16;
 # benchmarks/sweep_end_of_layer_norm.py, 2026-11-29,
-# results/sweep_end_of_layer_norm.json, us per call under CUDA-graph replay):
+# results/sweep_end_of_layer_norm.json as of commit 078f471, us per call under CUDA-graph replay):
 # from 4096 rows, 8 warps per 4096-lane row beat 16 at 2816 and 2560 in that
 # sweep (MoE 2816 x 4096: 38.1-39.3 vs 51.2), but benchmark_end_of_layer_norm.py
 # the same day measured this code's MoE 2816 at 52.8 us (4096 rows) and 199.1 us
@@ -356,17 +356,35 @@ MANY_ROWS_MIN = 4096
 MANY_ROWS_WARPS = {2560: 8, 2816: 8}
 
 # Chunked kernel, measured on the H200 (torch 2.11, triton 3.6, bf16; sweep_end_of_layer_norm.py,
-# results/sweep_end_of_layer_norm.json; copy 4.10 TB/s; us, chunked vs row kernel vs torch.compile):
-#   MoE 2816, 1024 cols x 4 warps: 512 rows 7.4 vs 8.2; 4096 39.6-40.1 vs 52.3 (compile 45.9);
-#     16384 140.1-141.0 vs 199.5 (compile 164.2), 80% of copy;
-#   dense 5376, 2048 x 8: 512 7.3 vs 8.8; 4096 47.4-49.2 vs 57.3 (compile 50.7); 16384 182.0 vs 215.6
-#     (compile 188.9), 94%;
-#   E4B 2560, 1024 x 4: 1024 7.2 vs 7.6; 4096 23.7-24.4 vs 26.9 (compile 31.9); 16384 84.1-85.2 vs 96.5;
-#   E2B 1536, 1024 x 4: 4096 15.7 vs 14.2-14.4 (row stays), 16384 52.4-54.6 vs 55.0.
-# Not measured at 8192 rows; 1 row: the row kernel, unchanged.
-# hidden -> (from this many rows, chunk columns, warps); other widths: CHUNKED_DEFAULT.
-CHUNKED_TABLE = {2816: (512, 1024, 4), 5376: (512, 2048, 8), 2560: (1024, 1024, 4), 1536: (16384, 1024, 4)}
-CHUNKED_DEFAULT = (2048, 1024, 4)
+# results/sweep_end_of_layer_norm.json, second sweep 2026-11-29 (session 3); copy 4.07 TB/s; us,
+# the chosen launch vs the previous table (unrolled passes) vs torch.compile):
+#   MoE 2816: 512 rows 1024 cols x 4 warps unrolled 7.2; from 1024 rows the same with rolled passes
+#     (unroll 1: 74 registers instead of 105, more rows in flight per SM): 1024 12.5 vs 13.1;
+#     4096 38.4 vs 39.7 (compile 45.5); 8192 69.7 vs 73.4; 16384 135.0 vs 139.9 (compile 163.9), 83%;
+#   dense 5376: 512 2048 x 8 unrolled 7.1-7.2; from 1024 1024 x 8 rolled: 1024 13.3 vs 14.0;
+#     4096 48.2 vs 48.9 (compile 50.4); 8192 93.2 vs 92.7; 16384 179.9 vs 181.5 (compile 188.9);
+#   E4B 2560: 512 1024 x 8 rolled 4.4 vs the row kernel's 4.6; from 1024 1024 x 4 unrolled two
+#     chunks at a time: 1024 7.0 vs 7.2; 4096 23.4 vs 24.4 (compile 31.4); 16384 84.0 vs 85.3;
+#   E2B 1536 (first sweep): 1024 x 4 at 16384 rows 52.4-54.6 vs the row kernel's 55.0, 4096 15.7 vs
+#     14.2-14.4 (row stays).
+# 1 row: the row kernel. hidden -> buckets (from this many rows, launch), the last one reached
+# wins; other widths: CHUNKED_DEFAULT.
+CHUNKED_TABLE: dict[int, tuple[tuple[int, EndOfLayerLaunch], ...]] = {
+    2816: (
+        (512, EndOfLayerLaunch(1024, 1, 4, "chunked")),
+        (1024, EndOfLayerLaunch(1024, 1, 4, "chunked", unroll=1)),
+    ),
+    5376: (
+        (512, EndOfLayerLaunch(2048, 1, 8, "chunked")),
+        (1024, EndOfLayerLaunch(1024, 1, 8, "chunked", unroll=1)),
+    ),
+    2560: (
+        (512, EndOfLayerLaunch(1024, 1, 8, "chunked", unroll=1)),
+        (1024, EndOfLayerLaunch(1024, 1, 4, "chunked", unroll=2)),
+    ),
+    1536: ((16384, EndOfLayerLaunch(1024, 1, 4, "chunked")),),
+}
+CHUNKED_DEFAULT = ((2048, EndOfLayerLaunch(1024, 1, 4, "chunked")),)
 
 
 def row_launch(hidden: int, n_rows: int) -> EndOfLayerLaunch:
@@ -394,12 +412,12 @@ def row_launch(hidden: int, n_rows: int) -> EndOfLayerLaunch:
 
 def launch_config(hidden: int, n_rows: int) -> EndOfLayerLaunch:
     """How to launch the kernels for ``n_rows`` rows of ``hidden`` elements:
-    the chunked kernel from the row count ``CHUNKED_TABLE`` gives for the width
-    (``CHUNKED_DEFAULT`` for rows wider than its chunk elsewhere), else
-    :func:`row_launch`."""
-    min_rows, chunk, num_warps = CHUNKED_TABLE.get(hidden, CHUNKED_DEFAULT)
-    if n_rows >= min_rows and hidden > chunk // 2:
-        return EndOfLayerLaunch(chunk, 1, num_warps, "chunked")
+    the chunked launch of the width's last bucket in ``CHUNKED_TABLE`` that
+    ``n_rows`` reaches (``CHUNKED_DEFAULT`` elsewhere, for rows wider than half
+    its chunk), else :func:`row_launch`."""
+    for min_rows, launch in reversed(CHUNKED_TABLE.get(hidden, CHUNKED_DEFAULT)):
+        if n_rows >= min_rows and hidden > launch.block_h // 2:
+            return launch
     return row_launch(hidden, n_rows)
 
 
