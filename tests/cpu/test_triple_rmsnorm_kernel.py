@@ -198,12 +198,15 @@ def test_residual_updated_in_place(launch):
 
 def test_launch_config_by_width_and_batch():
     # The measured widths (the table), per mode.
-    assert launch_config(2816, 1) == TripleNormLaunch("row", 2816, 1, 8)
-    assert launch_config(2816, 2048) == TripleNormLaunch("row", 2816, 1, 8)
-    assert launch_config(2816, 2049) == TripleNormLaunch("chunked", 1024, 1, 4)
-    assert launch_config(5376, 128) == TripleNormLaunch("row", 8192, 1, 8)
-    assert launch_config(5376, 129) == TripleNormLaunch("row", 5376, 1, 8)
-    assert launch_config(5376, 16384) == TripleNormLaunch("chunked", 1024, 1, 4)
+    assert launch_config(2816, 1) == TripleNormLaunch("row", 2816, 1, 8, paired_sums=True)
+    assert launch_config(2816, 1024) == TripleNormLaunch("row", 2816, 1, 8, paired_sums=True)
+    assert launch_config(2816, 1025) == TripleNormLaunch("row", 2816, 1, 8)
+    assert launch_config(2816, 4096) == TripleNormLaunch("row", 2816, 1, 8)
+    assert launch_config(2816, 4097) == TripleNormLaunch("chunked", 1024, 1, 4)
+    assert launch_config(5376, 128) == TripleNormLaunch("row", 8192, 1, 8, paired_sums=True)
+    assert launch_config(5376, 256) == TripleNormLaunch("row", 5376, 1, 8, paired_sums=True)
+    assert launch_config(5376, 257) == TripleNormLaunch("chunked", 2048, 1, 8)
+    assert launch_config(5376, 16384) == TripleNormLaunch("chunked", 2048, 1, 8)
     assert launch_config(5376, 16384, moe_outputs=False) == TripleNormLaunch("row", 8192, 1, 16)
     assert launch_config(1536, 16384, moe_outputs=False) == TripleNormLaunch("row", 1536, 1, 4)
     assert launch_config(2560, 1, moe_outputs=False) == TripleNormLaunch("row", 2560, 1, 8)

@@ -520,7 +520,8 @@ def row_lanes(segments: tuple[int, int, int], num_warps: int) -> int:
 # --------------------------------------------------------------------------- launch table
 #
 # Chosen on the H200 (torch 2.11, triton 3.6; benchmarks/sweep_triple_rmsnorm.py,
-# 2026-11-29, benchmarks/results/sweep_triple_rmsnorm.json): every candidate
+# 2026-11-29, benchmarks/results/sweep_triple_rmsnorm.json as of commit 078f471; the
+# file now holds the second sweep below): every candidate
 # timed alone under CUDA-graph replay, bf16; copy bandwidth 4.06 TB/s. The run's
 # time budget covered 1, 256, 4096 and 16384 tokens (not 1536 x 16384); the
 # bucket edges in between are interpolated, not measured. In us, best vs the
@@ -546,18 +547,33 @@ def row_lanes(segments: tuple[int, int, int], num_warps: int) -> int:
 #   padded, 16 warps (x 4096 51.0, x 16384 193.7, 89.5%; compile 55.3, 203.5).
 # * Eviction hints: within +-1% (noise) for the 2-output rows, 1.5-4% slower
 #   for the chunks; off. Two rows per program: slower everywhere measured.
+#
+# Second sweep, 4 outputs (same machine and versions, session 3 of 2026-11-29,
+# copy 4.07 TB/s; us, chosen vs the table above vs torch.compile):
+# * Paired sums of s**2 and r**2 (one cross-thread reduction fewer): 2816 rows
+#   at 1-128 tokens 2.39-2.88 (table 2.52-3.00; compile 3.31-3.91); up to 1024
+#   tokens, 9.85 vs 9.91. 5376: 3.36-3.50 at 1-32 (table 3.53-3.64), exact
+#   rows at 256: 7.02 (7.26; compile 7.32).
+# * 2816 x 4096: exact rows 40.4 vs the 1024-column chunks' 40.8-41.2; from
+#   8192 the chunks stay (76.2-76.5, 146.6).
+# * 5376 from 512 tokens: 2048-column chunks in 8 warps (unrolled): 512 11.6
+#   (previous table 13.4, compile 11.0), 1024 21.8 (25.2, compile 23.2), 4096
+#   76.3 (82.8, compile 78.9), 16384 290.1-290.6 (303.0, compile 295.2).
+#   Rolled chunk loops (Inductor's shape, 40 registers) measured 286.7 and 295.2
+#   at 16384 and lost elsewhere; the launch option stays for sweeps.
 
 # (outputs, hidden) -> (max n_rows, launch) buckets, the first that holds n_rows wins.
 _ALL_ROWS = 1 << 62
 _LAUNCH_TABLE: dict[tuple[int, int], tuple[tuple[int, TripleNormLaunch], ...]] = {
     (4, 2816): (
-        (2048, TripleNormLaunch("row", 2816, 1, 8)),
+        (1024, TripleNormLaunch("row", 2816, 1, 8, paired_sums=True)),
+        (4096, TripleNormLaunch("row", 2816, 1, 8)),
         (_ALL_ROWS, TripleNormLaunch("chunked", 1024, 1, 4)),
     ),
     (4, 5376): (
-        (128, TripleNormLaunch("row", 8192, 1, 8)),
-        (512, TripleNormLaunch("row", 5376, 1, 8)),
-        (_ALL_ROWS, TripleNormLaunch("chunked", 1024, 1, 4)),
+        (128, TripleNormLaunch("row", 8192, 1, 8, paired_sums=True)),
+        (256, TripleNormLaunch("row", 5376, 1, 8, paired_sums=True)),
+        (_ALL_ROWS, TripleNormLaunch("chunked", 2048, 1, 8)),
     ),
     (2, 1536): ((_ALL_ROWS, TripleNormLaunch("row", 1536, 1, 4)),),
     (2, 2560): ((_ALL_ROWS, TripleNormLaunch("row", 2560, 1, 8)),),
