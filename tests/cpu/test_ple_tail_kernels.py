@@ -184,6 +184,9 @@ def test_norm_launch_table(n_cols: int) -> None:
         threads = 32 * launch.num_warps
         if launch.kernel == "row":
             assert launch.block >= n_cols and launch.rows_per_program * launch.block <= 64 * threads, launch
+        elif launch.kernel == "exact":
+            assert launch.block == n_cols and pt.exact_row_segments(n_cols) is not None, launch
+            assert launch.rows_per_program * launch.block <= 64 * threads, launch
         else:
             assert launch.kernel == "looped" and launch.rows_per_program == 1 and launch.block <= 64 * threads
         # the looped kernel exactly where it was measured to win: many rows, wider than one chunk
@@ -191,11 +194,17 @@ def test_norm_launch_table(n_cols: int) -> None:
 
 
 def test_norm_launch_crossovers() -> None:
-    """Where the measured tables switch kernels: 1536-wide rows stay on row tiles up to
-    16383 rows (measured faster at 8192), 2560-wide and unmeasured widths loop from 8192."""
+    """Where the measured tables switch kernels: 1536-wide rows take exact rows at 257-1024
+    rows and stay on row tiles up to 16383 rows (measured faster at 8192); 2560-wide rows
+    take exact rows at every size but 513-1024 and never loop; unmeasured widths loop from 8192."""
+    assert pt.norm_launch(1536, 256).kernel == "row" and pt.norm_launch(1536, 257) == pt.NormLaunch("exact", 1536, 2, 8)
+    assert pt.norm_launch(1536, 1025) == pt.NormLaunch("row", 2048, 4, 8, stream_hints=True)
     assert pt.norm_launch(1536, 8192) == pt.NormLaunch("row", 2048, 2, 4, stream_hints=True)
     assert pt.norm_launch(1536, 16384).kernel == "looped"
-    assert pt.norm_launch(2560, 8191).kernel == "row" and pt.norm_launch(2560, 8192).kernel == "looped"
+    assert pt.norm_launch(2560, 1) == pt.NormLaunch("exact", 2560, 1, 8)
+    assert pt.norm_launch(2560, 1024).kernel == "row"
+    assert pt.norm_launch(2560, 4096) == pt.NormLaunch("exact", 2560, 1, 8, stream_hints=True)
+    assert pt.norm_launch(2560, 1 << 20) == pt.NormLaunch("exact", 2560, 1, 8)
     assert pt.looped_min_rows(4096) == pt.LOOPED_MIN_ROWS
 
 
@@ -207,7 +216,8 @@ def test_gelu_launch_table(n_cols: int) -> None:
         per_thread = launch.block_rows * launch.block_cols // (32 * launch.num_warps)
         assert launch.block_cols <= max(256, n_cols) and per_thread <= 16, launch
     assert pt.gelu_launch(1, 256) == pt.TileLaunch(1, 256, 1)
-    assert pt.gelu_launch(100_000, 256) == pt.TileLaunch(8, 256, 4, stream_hints=True)
+    assert pt.gelu_launch(2048, 256) == pt.TileLaunch(4, 256, 4)
+    assert pt.gelu_launch(100_000, 256) == pt.TileLaunch(8, 256, 8)
 
 
 @pytest.mark.parametrize(

@@ -20,15 +20,15 @@ out the same arithmetic with PyTorch ops in fp32. Compiled casts round to
 nearest even; Triton's interpreter truncates fp32 -> bf16 casts, so under the
 interpreter only, bf16 is rounded on the bit pattern first (``BF16_RNE_BY_BITS``).
 
-Launches. Each norm runs as one of two kernels, whole rows in registers
-(several rows per program) or one row walked in 1024-column chunks, and
-``gelu_tanh_mul`` as 2-D tiles; :func:`norm_launch` and :func:`gelu_launch`
-pick the shape from a static table by (row width, number of rows), measured
-on the H200 (see the comment above them; no autotuning: the kernels run inside
-CUDA-graph capture). A third norm kernel, "exact", holds rows like the row
-kernel but as power-of-two segments that add up to the row (no idle lanes at
-1536 or 2560); the table does not pick it yet, ``launch=`` reaches it. The order of the fp32 sum of squares follows the launch,
-so the same row may round differently in the last place at another batch size,
+Launches. Each norm runs as one of three kernels: whole rows in registers
+padded to a power of two (several rows per program), whole rows held as the
+power-of-two segments that add up to them ("exact": no idle lanes at 1536 or
+2560), or one row walked in 1024-column chunks; ``gelu_tanh_mul`` runs as 2-D
+tiles. :func:`norm_launch` and :func:`gelu_launch` pick the shape from a
+static table by (row width, number of rows), measured on the H200 (see the
+comment above them; no autotuning: the kernels run inside CUDA-graph
+capture). The order of the fp32 sum of squares follows the launch, so the
+same row may round differently in the last place at another batch size,
 rarely.
 
 ``layer_scalar`` is read on the device (never ``.item()``), so a captured CUDA
@@ -400,7 +400,7 @@ def _require(problem: str | None) -> None:
 #
 # Chosen on the H200 (torch 2.11, triton 3.6; benchmarks/sweep_ple_tail.py,
 # 2026-11-29, results in benchmarks/results/sweep_ple_tail.json as of commit
-# ed89414; the file now holds the second sweep below): every
+# ed89414, the second sweep below as of commit 078f471; the file now holds the third): every
 # candidate of each kernel timed alone under CUDA-graph replay, bf16, hidden
 # 1536 (E2B) and 2560 (E4B), per_layer_dim 256; copy bandwidth 4.16 TB/s.
 #
@@ -437,7 +437,8 @@ def _require(problem: str | None) -> None:
 #   without hints the harness's rotated input sets (8 of ~5 MB at 256 rows)
 #   stay in L2 across replays. In the model these inputs are freshly written
 #   and dead after the read, so at those sizes the hints would neither help
-#   nor hurt. Hence: on for the row tiles and gelu above 2048 rows only.
+#   nor hurt. Hence: on for the row tiles above 2048 rows only (gelu: see the
+#   third sweep below).
 #
 # A second sweep (same machine and versions, 2026-11-29, with a 20 ms warm-up
 # before timing; copy bandwidth 4.18 TB/s) at 2048-8192 rows:
@@ -454,13 +455,18 @@ def _require(problem: str | None) -> None:
 # * gelu_tanh_mul at 4096 rows timed alone ran faster without hints (2.40 us
 #   vs 3.23), but its 8 rotated input sets (6 MB each) fit in L2 together; in
 #   the tail (2 sets, not L2-resident) the hint-less tiles gained nothing
-#   (22.3 vs 22.1-22.3 us): unchanged.
+#   (22.3 vs 22.1-22.3 us): unchanged then (changed by the third sweep).
 #
 # ptxas issues the loads of the second activation and the weight only after
 # the row's sum of squares has its x (seen in the SASS for every tile shape),
 # so each program makes two dependent trips to memory; occupancy hides it.
+# The exact kernel does the same, and neither a barrier nor a CTA fence placed
+# after the loads changed it (sm_90, triton 3.8, offline): ptxas still uses x
+# before it issues the residual's and the weight's loads. At latency-bound
+# sizes (E2B, 512 rows) that second trip is what Inductor's looped kernels
+# pay too, and the two tails time within a few percent of each other.
 #
-# Exact rows (kernel "exact"; not measured yet, the table does not pick it):
+# Exact rows (kernel "exact", measured in the third sweep below):
 # the row kernel pads 1536 to 2048 lanes and 2560 to 4096 (25% / 37.5% of the
 # lanes idle, more registers per row, fewer rows in flight per SM). Compiled
 # for sm_90 by triton 3.8, bf16, every candidate of the sweep (1/2/4 rows,
@@ -469,8 +475,8 @@ def _require(problem: str | None) -> None:
 # ([1, LANES, VEC] gets a layout of its own and goes through shared memory),
 # and a lane holds at most 16 bytes of a segment (Triton spreads a longer run
 # over several threads, and 2560's 2048 segment at 64 lanes then took 33
-# barriers). The padded row kernel at 4 rows x 2048, 16 warps (the table's
-# 513..2048-row bucket) converts its 1-D weight load through 8 KB of shared
+# barriers). The padded row kernel at 4 rows x 2048, 16 warps (the second
+# sweep's 513..2048-row bucket) converts its 1-D weight load through 8 KB of shared
 # memory (3 barriers); at the other table shapes it has one barrier.
 
 
@@ -506,18 +512,36 @@ class TileLaunch(NamedTuple):
     stream_hints: bool = False
 
 
+# Third sweep (same machine and versions, session 3 of 2026-11-29, copy 4.07
+# TB/s; each kernel alone, us, chosen vs the previous table):
+# * Exact rows: 1536 at 257-1024 rows, two rows per program in 8 warps (512:
+#   2.31/2.26 vs 2.43/2.35 for rmsnorm_add/rmsnorm_add_scale; 1024: 3.54/3.46
+#   vs 3.60/3.59); 2560 everywhere but 513-1024 rows (exact one row in 8 warps:
+#   1-32 rows 1.63-1.93 vs 1.67-1.94; 512 2.82/3.16 vs 2.87/3.16; 2048, two
+#   rows, hints: 8.59/8.58 vs 8.87/8.90; 4096, hints: 15.25/15.39 vs 15.56/15.83;
+#   8192 31.20/31.19 and 16384 59.46/60.11, no hints, against the looped
+#   kernel's 31.79/31.95 and 61.23/61.05, which 2560 no longer uses).
+# * 1536 at 1025-2048 rows: 4 rows in 8 warps with hints, 5.67/5.71 vs 6.07/6.06
+#   (the 16-warp tile converted its weight through shared memory).
+# * gelu_tanh_mul above 2048 rows: 2048-element tiles at 8 per thread (8 warps),
+#   no hints: 2.45-2.47 us vs 3.21 at 4096 rows (8 rotated input sets of 6 MB,
+#   as above); the E2B tail with these choices 22.19 us vs the table's 22.35.
 # The measured widths: (max n_rows, launch) buckets, the first that holds n_rows wins.
+_ALL_ROWS = 1 << 62
 _NORM_TABLE: dict[int, tuple[tuple[int, NormLaunch], ...]] = {
     1536: (
-        (512, NormLaunch("row", 2048, 1, 8)),
-        (2048, NormLaunch("row", 2048, 4, 16)),
+        (256, NormLaunch("row", 2048, 1, 8)),
+        (1024, NormLaunch("exact", 1536, 2, 8)),
+        (2048, NormLaunch("row", 2048, 4, 8, stream_hints=True)),
         (8191, NormLaunch("row", 2048, 2, 8, stream_hints=True)),
         (16383, NormLaunch("row", 2048, 2, 4, stream_hints=True)),
     ),
     2560: (
-        (512, NormLaunch("row", 4096, 1, 8)),
-        (2048, NormLaunch("row", 4096, 4, 16)),
-        (8191, NormLaunch("row", 4096, 2, 4, stream_hints=True)),
+        (512, NormLaunch("exact", 2560, 1, 8)),
+        (1024, NormLaunch("row", 4096, 4, 16)),
+        (2048, NormLaunch("exact", 2560, 2, 8, stream_hints=True)),
+        (8191, NormLaunch("exact", 2560, 1, 8, stream_hints=True)),
+        (_ALL_ROWS, NormLaunch("exact", 2560, 1, 8)),
     ),
 }
 LOOPED_MIN_ROWS = 8192
@@ -554,15 +578,12 @@ def norm_launch(n_cols: int, n_rows: int) -> NormLaunch:
 
 def gelu_launch(n_rows: int, n_cols: int) -> TileLaunch:
     """The pointwise kernel's launch for a ``[n_rows, n_cols]`` problem: up to 256
-    columns per tile; up to 2048 rows, tiles of <= 1024 elements at 8 per thread;
-    above, 2048-element tiles at 16 per thread, with eviction hints."""
+    columns per tile, 8 elements per thread; up to 2048 rows tiles of <= 1024
+    elements, above 2048-element tiles. No eviction hints."""
     block_cols = min(triton.next_power_of_2(n_cols), 256)
-    if n_rows > 2048:
-        block_rows, per_thread = 2048 // block_cols, 16
-    else:
-        block_rows, per_thread = min(triton.next_power_of_2(n_rows), 1024 // block_cols), 8
-    num_warps = max(1, block_rows * block_cols // (32 * per_thread))
-    return TileLaunch(block_rows, block_cols, num_warps, stream_hints=n_rows > 2048)
+    tile = 2048 if n_rows > 2048 else 1024
+    block_rows = min(triton.next_power_of_2(n_rows), tile // block_cols)
+    return TileLaunch(block_rows, block_cols, max(1, block_rows * block_cols // (32 * 8)))
 
 
 def _check_launch(launch: NormLaunch | TileLaunch) -> None:
