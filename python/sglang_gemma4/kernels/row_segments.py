@@ -8,7 +8,8 @@ same number of lanes (each lane holds ``segment // lanes`` adjacent columns of
 each segment) lets a kernel add the segments' per-lane partial sums in
 registers and reduce across threads once per row.
 
-Pure Python (no torch, no triton): the launch helpers of the row kernels use it.
+Pure Python (no torch, no triton): the launch helpers of the row kernels
+(ple_tail, triple_rmsnorm) use it.
 """
 
 from __future__ import annotations

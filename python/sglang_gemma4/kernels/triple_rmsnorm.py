@@ -72,6 +72,7 @@ import triton
 import triton.language as tl
 
 from sglang_gemma4.kernels.rounding import round_to
+from sglang_gemma4.kernels.row_segments import power_of_two_segments
 from sglang_gemma4.kernels.support import MAX_FUSED_ROW, triton_can_run_on, triton_interpreting
 
 TRIPLE_RMSNORM_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -505,10 +506,11 @@ class TripleNormLaunch(NamedTuple):
 def row_segments(hidden: int) -> tuple[int, int, int] | None:
     """``hidden`` as at most three powers of two, largest first, zero-padded
     (2816 -> (2048, 512, 256)); None when it needs more."""
-    bits = [1 << i for i in range(hidden.bit_length() - 1, -1, -1) if hidden >> i & 1]
-    if not bits or len(bits) > 3:
+    segments = power_of_two_segments(hidden, 3)
+    if segments is None:
         return None
-    return tuple(bits + [0] * (3 - len(bits)))  # type: ignore[return-value]
+    seg0, seg1, seg2 = segments + (0,) * (3 - len(segments))
+    return seg0, seg1, seg2
 
 
 def row_lanes(segments: tuple[int, int, int], num_warps: int) -> int:
