@@ -1,10 +1,12 @@
-"""The benchmark harness's CPU-side helpers (the timing itself needs a GPU)."""
+"""The benchmark harness's CPU-side helpers, and its timing loop against a stand-in
+for CUDA graphs and events (the timing itself needs a GPU)."""
 
 import importlib
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 import harness  # noqa: E402
@@ -49,3 +51,44 @@ def test_against_baselines():
                                       [("fused", 2.0), ("sglang", 5.0), ("torch_compile", 3.0), ("floor", 1.5)]})
     assert line == {"fused_us": 2.0, "sglang_us": 5.0, "compile_us": 3.0, "floor_us": 1.5,
                     "copy_pct": 75.0, "x_sglang": 2.5, "x_compile": 1.5}
+
+
+def test_graph_us_interleaved_times_entries_in_turns_behind_a_spin(monkeypatch):
+    """Each entry's graph is timed in ``rounds`` turns, entries alternating, every
+    batch of replays enqueued behind a GPU spin and read back after one sync; each
+    entry's median comes from its own spans."""
+    log = []
+    clock = [0.0]  # ms on the stand-in GPU
+
+    class Graph:
+        def __init__(self, name, cost_ms):
+            self.name, self.cost_ms = name, cost_ms
+
+        def replay(self):
+            log.append(self.name)
+            clock[0] += self.cost_ms
+
+    class Event:
+        def __init__(self, enable_timing):
+            assert enable_timing
+
+        def record(self):
+            self.at = clock[0]
+
+        def elapsed_time(self, end):
+            return end.at - self.at
+
+    costs = {"fused": 1.0, "sglang": 3.0}
+    monkeypatch.setattr(harness, "_captured_graph", lambda fns, calls: Graph(fns[0](), costs[fns[0]()]))
+    monkeypatch.setattr(harness, "WARMUP_S", 0.0)
+    monkeypatch.setattr(torch.cuda, "Event", Event)
+    monkeypatch.setattr(torch.cuda, "_sleep", lambda cycles: log.append(f"spin {cycles}"))
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: log.append("sync"))
+    us = harness.graph_us_interleaved(
+        {"fused": [lambda: "fused"], "sglang": [lambda: "sglang"]}, calls_per_graph=2, replays=4, rounds=2
+    )
+    assert us == {"fused": 500.0, "sglang": 1500.0}  # cost_ms * 1e3 / calls_per_graph
+    warm_up = ["fused", "sglang", "sync"] * 3
+    spin = f"spin {2 * harness.HOST_LEAD_CYCLES_PER_REPLAY}"
+    turn = lambda name: [spin, name, name, "sync"]  # noqa: E731
+    assert log == warm_up + turn("fused") + turn("sglang") + turn("fused") + turn("sglang")
