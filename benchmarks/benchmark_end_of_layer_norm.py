@@ -166,14 +166,6 @@ def summarize(rows: list[dict]) -> list[dict]:
     return table
 
 
-def allow_one_compile_per_shape() -> None:
-    # Every (model, tokens) compiles the reference afresh; the default limit (8)
-    # would silently fall back to eager after the eighth shape.
-    for name in ("recompile_limit", "cache_size_limit"):
-        if hasattr(torch._dynamo.config, name):
-            setattr(torch._dynamo.config, name, 256)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tokens", type=int, nargs="*", default=TOKENS)
@@ -181,7 +173,7 @@ def main() -> None:
     parser.add_argument("--no-sweep", action="store_true", help="skip the launch-config sweep")
     args = parser.parse_args()
 
-    allow_one_compile_per_shape()
+    harness.allow_one_compile_per_shape()
     started = time.perf_counter()
     copy_bw = harness.copy_bandwidth_TBps()
     print(f"copy bandwidth {copy_bw:.2f} TB/s")

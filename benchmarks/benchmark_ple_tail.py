@@ -119,14 +119,6 @@ def compiled_reference() -> Callable[[TailInputs], torch.Tensor]:
     )
 
 
-def allow_one_compile_per_shape() -> None:
-    # 14 token counts x 2 models recompile each reference; the default limit (8)
-    # would silently fall back to eager after the eighth shape.
-    for name in ("recompile_limit", "cache_size_limit"):
-        if hasattr(torch._dynamo.config, name):
-            setattr(torch._dynamo.config, name, 256)
-
-
 def check_outputs_agree(sets: list[TailInputs], impls: dict[str, Callable]) -> None:
     """Every implementation computes the same tail (to bf16 rounding) before it is timed."""
     want = eager_reference(sets[0]).float()
@@ -165,7 +157,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="*", default=list(MODELS), choices=list(MODELS))
     args = parser.parse_args()
 
-    allow_one_compile_per_shape()
+    harness.allow_one_compile_per_shape()
     started = time.perf_counter()
     copy_bw = harness.copy_bandwidth_TBps()
     print(f"copy bandwidth {copy_bw:.2f} TB/s")

@@ -226,14 +226,6 @@ MODES = {
 }
 
 
-def allow_one_compile_per_shape() -> None:
-    # 14 token counts x 2 widths recompile the reference; the default limit (8)
-    # would silently fall back to eager after the eighth shape.
-    for name in ("recompile_limit", "cache_size_limit"):
-        if hasattr(torch._dynamo.config, name):
-            setattr(torch._dynamo.config, name, 256)
-
-
 def check_outputs_agree(t: NormInputs, impls: dict[str, Callable], want: Callable = None) -> None:
     """Every implementation computes the reference's four outputs (to two bf16
     roundings: Inductor sums the squares in another order, which moves a handful
@@ -332,7 +324,7 @@ def main() -> None:
     if not set(models) <= set(mode.models):
         parser.error(f"--mode {args.mode} takes --models from {list(mode.models)}")
 
-    allow_one_compile_per_shape()
+    harness.allow_one_compile_per_shape()
     started = time.perf_counter()
     copy_bw = harness.copy_bandwidth_TBps()
     print(f"copy bandwidth {copy_bw:.2f} TB/s")

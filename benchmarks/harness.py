@@ -292,6 +292,16 @@ def precompile_in_processes(work: Sequence[tuple[Callable[[list], int], list]], 
     return failed
 
 
+def allow_one_compile_per_shape() -> None:
+    """Let every shape compile its own Inductor graph: the benchmarks compile each
+    reference per shape (static shapes, as SGLang's torch.compile captures one
+    graph per batch size), and past the default recompile limit (8) torch.compile
+    would silently run the eager function instead."""
+    for name in ("recompile_limit", "cache_size_limit"):
+        if hasattr(torch._dynamo.config, name):
+            setattr(torch._dynamo.config, name, 256)
+
+
 def inductor_autotunes_in_this_process() -> None:
     """Inductor picks its kernel configs in the timing process, on an idle GPU, not
     from the on-disk cache the precompile processes (sharing the GPU) filled."""
@@ -299,3 +309,11 @@ def inductor_autotunes_in_this_process() -> None:
 
     if hasattr(inductor_config, "autotune_local_cache"):
         inductor_config.autotune_local_cache = False
+
+
+def configure_sweep_inductor() -> None:
+    """Inductor settings of every process of a sweep (precompile workers and the
+    timing process): one compilation per shape, and kernel configs autotuned in
+    the process that runs them (:func:`inductor_autotunes_in_this_process`)."""
+    allow_one_compile_per_shape()
+    inductor_autotunes_in_this_process()

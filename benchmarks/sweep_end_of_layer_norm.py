@@ -96,11 +96,6 @@ def check_ok(c: dict) -> bool:
 # --------------------------------------------------------------------------- precompile
 
 
-def _configure_inductor() -> None:
-    bench.allow_one_compile_per_shape()
-    harness.inductor_autotunes_in_this_process()
-
-
 def all_jobs(models: list[str], tokens_list: list[int], compile_min_tokens: int) -> list[tuple]:
     jobs: set[tuple] = set()
     for model in models:
@@ -119,7 +114,7 @@ def all_jobs(models: list[str], tokens_list: list[int], compile_min_tokens: int)
 def compile_jobs(jobs: list[tuple]) -> int:
     """Fill Triton's and Inductor's on-disk caches (each Triton job at a row count
     of the same specialization class as the sizes it stands for)."""
-    _configure_inductor()
+    harness.configure_sweep_inductor()
     failed = 0
     for what, model, tokens, launch in jobs:
         kind, hidden = bench.MODELS[model]
@@ -220,7 +215,7 @@ def main() -> None:
 
     started = time.perf_counter()
     if not args.dry_run:
-        _configure_inductor()
+        harness.configure_sweep_inductor()
         if args.workers > 0:
             jobs = all_jobs(args.models, tokens_list, args.compile_min_tokens)
             harness.precompile_in_processes([(compile_jobs, jobs)], args.workers)

@@ -227,11 +227,6 @@ def _bench():
     return benchmark_ple_tail
 
 
-def _configure_inductor() -> None:
-    _bench().allow_one_compile_per_shape()
-    harness.inductor_autotunes_in_this_process()
-
-
 def all_jobs(hidden_sizes: list[int], tokens_list: list[int]) -> list[tuple]:
     """Every Inductor compilation (hidden, tokens) and Triton (kernel, hidden, launch) the sweep runs."""
     jobs = set()
@@ -252,7 +247,7 @@ def all_jobs(hidden_sizes: list[int], tokens_list: list[int]) -> list[tuple]:
 def compile_jobs(jobs: list[tuple]) -> int:
     """Fill Triton's and Inductor's on-disk caches: each Triton job launched once on
     a 2-token input (n_rows is not specialized), each Inductor graph at its shape."""
-    _configure_inductor()
+    harness.configure_sweep_inductor()
     bench = _bench()
     inputs = {}
     failed = 0
@@ -393,7 +388,7 @@ def main() -> None:
 
     started = time.perf_counter()
     if not args.dry_run:
-        _configure_inductor()
+        harness.configure_sweep_inductor()
         if args.workers > 0:
             harness.precompile_in_processes([(compile_jobs, all_jobs(args.hidden, tokens_list))], args.workers)
         print(f"[{time.perf_counter() - started:6.1f}s] precompiled", flush=True)

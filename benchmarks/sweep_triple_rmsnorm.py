@@ -158,7 +158,7 @@ def compile_kernels(jobs: list[tuple[str, int, tr.TripleNormLaunch]]) -> int:
 def compile_references(shapes: list[tuple[str, int, int]]) -> int:
     """Compile the torch.compile yardstick of each shape once: Inductor's on-disk
     caches then serve the timing process."""
-    bench.allow_one_compile_per_shape()
+    harness.configure_sweep_inductor()
     failed = 0
     for mode, hidden, tokens in shapes:
         try:
@@ -291,7 +291,7 @@ def main() -> None:
 
     started = time.perf_counter()
     if not args.dry_run:
-        bench.allow_one_compile_per_shape()
+        harness.configure_sweep_inductor()
         if args.workers > 0:
             references = [shape for shape in shapes if compiles(shape[0], shape[2])]
             harness.precompile_in_processes(

@@ -92,3 +92,18 @@ def test_graph_us_interleaved_times_entries_in_turns_behind_a_spin(monkeypatch):
     spin = f"spin {2 * harness.HOST_LEAD_CYCLES_PER_REPLAY}"
     turn = lambda name: [spin, name, name, "sync"]  # noqa: E731
     assert log == warm_up + turn("fused") + turn("sglang") + turn("fused") + turn("sglang")
+
+
+def test_sweep_inductor_settings(monkeypatch):
+    """One compilation per shape (no silent eager fallback after 8 shapes) and
+    Inductor's kernel configs autotuned in the process, not read from disk."""
+    import torch._dynamo.config as dynamo_config
+    import torch._inductor.config as inductor_config
+
+    for name in ("recompile_limit", "cache_size_limit"):
+        if hasattr(dynamo_config, name):
+            monkeypatch.setattr(dynamo_config, name, 8)
+    monkeypatch.setattr(inductor_config, "autotune_local_cache", True)
+    harness.configure_sweep_inductor()
+    assert dynamo_config.recompile_limit == 256
+    assert inductor_config.autotune_local_cache is False
