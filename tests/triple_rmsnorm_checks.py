@@ -1,8 +1,16 @@
-"""Inputs and comparisons shared by the CPU and GPU triple-RMSNorm tests (torch only)."""
+"""Inputs, calls and comparisons shared by the CPU and GPU triple-RMSNorm tests."""
 
 from __future__ import annotations
 
 import torch
+
+from sglang_gemma4.kernels.triple_rmsnorm import (
+    TripleNormLaunch,
+    post_attn_norm_add,
+    post_attn_norm_add_reference,
+    post_attn_triple_rmsnorm,
+    triple_rmsnorm_reference,
+)
 
 EPS = 1e-6
 OUTPUT_NAMES = ("r", "dense_in", "router_in", "moe_in")
@@ -75,3 +83,33 @@ def assert_within_one_rounding(
     assert differing <= allowed, (
         f"{name}: {differing} of {actual.numel()} elements differ (allowed {allowed:.0f})"
     )
+
+
+def check_post_attn(
+    tokens: int,
+    hidden: int,
+    dtype: torch.dtype,
+    launch: TripleNormLaunch | None = None,
+    *,
+    outputs: int = 4,
+    in_place: bool = False,
+    device: str | torch.device = "cpu",
+    **input_kwargs,
+) -> tuple[torch.Tensor, ...]:
+    """Run the kernel's 4-output mode (:func:`post_attn_triple_rmsnorm`) or its
+    2-output mode (:func:`post_attn_norm_add`) on :func:`triple_norm_inputs` and
+    assert every output within one rounding of its fp32 reference; with
+    ``in_place`` ``r`` goes into the residual's own memory. Returns the outputs."""
+    attn_out, residual, weights = triple_norm_inputs(tokens, hidden, dtype, device=device, **input_kwargs)
+    if outputs == 4:
+        kernel, reference = post_attn_triple_rmsnorm, triple_rmsnorm_reference
+    else:
+        kernel, reference, weights = post_attn_norm_add, post_attn_norm_add_reference, weights[:2]
+    expected = reference(attn_out, residual, *weights, EPS)
+    actual = kernel(attn_out, residual, *weights, EPS, residual_out=residual if in_place else None, launch=launch)
+    assert len(actual) == outputs
+    if in_place:
+        assert actual[0].data_ptr() == residual.data_ptr()
+    for name, a, e in zip(OUTPUT_NAMES, actual, expected):
+        assert_within_one_rounding(a, e, name)
+    return actual

@@ -7,6 +7,8 @@ the original path.
 The GPU twin (tests/gpu/test_triple_rmsnorm_gpu.py) runs the real shapes.
 """
 
+from functools import partial
+
 import pytest
 import torch
 import triton
@@ -17,7 +19,6 @@ from sglang_gemma4.kernels.triple_rmsnorm import (
     TripleNormLaunch,
     launch_config,
     post_attn_norm_add,
-    post_attn_norm_add_reference,
     post_attn_triple_rmsnorm,
     row_lanes,
     row_segments,
@@ -30,6 +31,7 @@ from tests.triple_rmsnorm_checks import (
     OUTPUT_NAMES,
     SCALES,
     assert_within_one_rounding,
+    check_post_attn,
     triple_norm_inputs,
 )
 
@@ -58,13 +60,8 @@ def _launch(name, hidden):
     return launch
 
 
-def _check(tokens, hidden, dtype, launch=None, **input_kwargs):
-    attn_out, residual, weights = triple_norm_inputs(tokens, hidden, dtype, **input_kwargs)
-    expected = triple_rmsnorm_reference(attn_out, residual, *weights, EPS)
-    actual = post_attn_triple_rmsnorm(attn_out, residual, *weights, EPS, launch=launch)
-    for name, a, e in zip(OUTPUT_NAMES, actual, expected):
-        assert_within_one_rounding(a, e, name)
-    return actual
+_check = check_post_attn
+_check_norm_add = partial(check_post_attn, outputs=2)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -286,19 +283,6 @@ def test_unsupported_inputs_raise_and_empty_batch_returns_empty():
 NORM_ADD_NAMES = OUTPUT_NAMES[:2]
 # 333: odd, so no row is a multiple of any vector width.
 NORM_ADD_SHAPES = [(t, h) for h in (128, 1000, 333) for t in (0, 1, 3, 17)]
-
-
-def _check_norm_add(tokens, hidden, dtype, launch=None, *, in_place=False, **input_kwargs):
-    attn_out, residual, weights = triple_norm_inputs(tokens, hidden, dtype, **input_kwargs)
-    expected = post_attn_norm_add_reference(attn_out, residual, *weights[:2], EPS)
-    residual_out = residual if in_place else None
-    actual = post_attn_norm_add(attn_out, residual, *weights[:2], EPS, residual_out=residual_out, launch=launch)
-    assert len(actual) == 2
-    if in_place:
-        assert actual[0].data_ptr() == residual.data_ptr()
-    for name, a, e in zip(NORM_ADD_NAMES, actual, expected):
-        assert_within_one_rounding(a, e, name)
-    return actual
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)

@@ -14,6 +14,7 @@ is written to ``$OUT/triple_rmsnorm_routing.json``.
 
 import json
 import os
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,6 @@ from sglang_gemma4.kernels.triple_rmsnorm import (
     TripleNormLaunch,
     launch_config,
     post_attn_norm_add,
-    post_attn_norm_add_reference,
     post_attn_triple_rmsnorm,
     supports,
     supports_norm_add,
@@ -35,6 +35,7 @@ from tests.triple_rmsnorm_checks import (
     OUTPUT_NAMES,
     SCALES,
     assert_within_one_rounding,
+    check_post_attn,
     triple_norm_inputs,
 )
 
@@ -82,13 +83,8 @@ VARIANT_DTYPES = [(v, torch.bfloat16) for v in VARIANTS] + [
 ]
 
 
-def _run(tokens, hidden, dtype, launch=None, **input_kwargs):
-    attn_out, residual, weights = triple_norm_inputs(tokens, hidden, dtype, device="cuda", **input_kwargs)
-    expected = triple_rmsnorm_reference(attn_out, residual, *weights, EPS)
-    actual = post_attn_triple_rmsnorm(attn_out, residual, *weights, EPS, launch=launch)
-    for name, a, e in zip(OUTPUT_NAMES, actual, expected):
-        assert_within_one_rounding(a, e, name)
-    return actual
+_run = partial(check_post_attn, device="cuda")
+_run_norm_add = partial(check_post_attn, outputs=2, device="cuda")
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -163,18 +159,6 @@ def test_supports_cuda_rejects_what_it_should():
 # --------------------------------------------------------------------------- 2-output mode
 
 NORM_ADD_HIDDENS = [1536, 2560, 5376]  # E2B, E4B, 31B
-
-
-def _run_norm_add(tokens, hidden, dtype, launch=None, *, in_place=False, **input_kwargs):
-    attn_out, residual, weights = triple_norm_inputs(tokens, hidden, dtype, device="cuda", **input_kwargs)
-    expected = post_attn_norm_add_reference(attn_out, residual, *weights[:2], EPS)
-    residual_out = residual if in_place else None
-    actual = post_attn_norm_add(attn_out, residual, *weights[:2], EPS, residual_out=residual_out, launch=launch)
-    if in_place:
-        assert actual[0].data_ptr() == residual.data_ptr()
-    for name, a, e in zip(OUTPUT_NAMES[:2], actual, expected):
-        assert_within_one_rounding(a, e, name)
-    return actual
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
