@@ -317,3 +317,32 @@ def configure_sweep_inductor() -> None:
     the process that runs them (:func:`inductor_autotunes_in_this_process`)."""
     allow_one_compile_per_shape()
     inductor_autotunes_in_this_process()
+
+
+def prepare_sweep(
+    dry_run: bool,
+    workers: int,
+    work: Callable[[], Sequence[tuple[Callable[[list], int], list]]],
+    started: float,
+    wait_for: Path | None = None,
+) -> float:
+    """What a sweep does before its first timing; returns the copy bandwidth.
+
+    Unless ``dry_run``: Inductor's sweep settings (:func:`configure_sweep_inductor`),
+    the jobs ``work()`` lists compiled in ``workers`` processes
+    (:func:`precompile_in_processes`, skipped at 0 workers), then, with
+    ``wait_for``, a wait until that file exists (e.g. GPU tests running alongside
+    are done). Progress lines count seconds from ``started``. A dry run (CPU,
+    under the interpreter) takes a nominal 4.2 TB/s instead of measuring."""
+    if not dry_run:
+        configure_sweep_inductor()
+        if workers > 0:
+            precompile_in_processes(work(), workers)
+        print(f"[{time.perf_counter() - started:6.1f}s] precompiled", flush=True)
+        if wait_for is not None:
+            while not wait_for.exists():
+                time.sleep(1)
+            print(f"[{time.perf_counter() - started:6.1f}s] timing", flush=True)
+    copy_bw = 4.2 if dry_run else copy_bandwidth_TBps()
+    print(f"copy bandwidth {copy_bw:.2f} TB/s", flush=True)
+    return copy_bw

@@ -214,18 +214,14 @@ def main() -> None:
     tokens_list = args.tokens or (DRY_RUN["tokens"] if args.dry_run else TOKENS)
 
     started = time.perf_counter()
-    if not args.dry_run:
-        harness.configure_sweep_inductor()
-        if args.workers > 0:
-            jobs = all_jobs(args.models, tokens_list, args.compile_min_tokens)
-            harness.precompile_in_processes([(compile_jobs, jobs)], args.workers)
-        print(f"[{time.perf_counter() - started:6.1f}s] precompiled", flush=True)
-        while args.wait_for and not args.wait_for.exists():
-            time.sleep(1)
-        print(f"[{time.perf_counter() - started:6.1f}s] timing", flush=True)
+    copy_bw = harness.prepare_sweep(
+        args.dry_run,
+        args.workers,
+        lambda: [(compile_jobs, all_jobs(args.models, tokens_list, args.compile_min_tokens))],
+        started,
+        args.wait_for,
+    )
     timing_started = time.perf_counter()
-    copy_bw = 4.2 if args.dry_run else harness.copy_bandwidth_TBps()
-    print(f"copy bandwidth {copy_bw:.2f} TB/s", flush=True)
     rows: list[dict] = []
     for tokens in tokens_list:
         for model in args.models:

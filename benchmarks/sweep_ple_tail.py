@@ -387,17 +387,10 @@ def main() -> None:
     tokens_list = args.tokens or (DRY_RUN_TOKENS if args.dry_run else TOKENS)
 
     started = time.perf_counter()
-    if not args.dry_run:
-        harness.configure_sweep_inductor()
-        if args.workers > 0:
-            harness.precompile_in_processes([(compile_jobs, all_jobs(args.hidden, tokens_list))], args.workers)
-        print(f"[{time.perf_counter() - started:6.1f}s] precompiled", flush=True)
-        while args.wait_for and not args.wait_for.exists():
-            time.sleep(1)
-        print(f"[{time.perf_counter() - started:6.1f}s] timing", flush=True)
+    copy_bw = harness.prepare_sweep(
+        args.dry_run, args.workers, lambda: [(compile_jobs, all_jobs(args.hidden, tokens_list))], started, args.wait_for
+    )
     timing_started = time.perf_counter()
-    copy_bw = 4.2 if args.dry_run else harness.copy_bandwidth_TBps()
-    print(f"copy bandwidth {copy_bw:.2f} TB/s", flush=True)
     rows: list[dict] = []
     tails: list[dict] = []
     gelu_picks: dict[int, dict[str, object]] = {}  # tokens -> gelu_tanh_mul's picks at the first hidden size

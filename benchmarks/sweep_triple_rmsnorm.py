@@ -290,16 +290,15 @@ def main() -> None:
     print(f"{len(shapes)} shapes, {sum(len(candidates(*s)) for s in shapes)} candidates", flush=True)
 
     started = time.perf_counter()
-    if not args.dry_run:
-        harness.configure_sweep_inductor()
-        if args.workers > 0:
-            references = [shape for shape in shapes if compiles(shape[0], shape[2])]
-            harness.precompile_in_processes(
-                [(compile_references, references), (compile_kernels, all_launches(shapes))], args.workers
-            )
-            print(f"[{time.perf_counter() - started:6.1f}s] precompiled", flush=True)
-    copy_bw = 4.2 if args.dry_run else harness.copy_bandwidth_TBps()
-    print(f"copy bandwidth {copy_bw:.2f} TB/s", flush=True)
+    copy_bw = harness.prepare_sweep(
+        args.dry_run,
+        args.workers,
+        lambda: [
+            (compile_references, [shape for shape in shapes if compiles(shape[0], shape[2])]),
+            (compile_kernels, all_launches(shapes)),
+        ],
+        started,
+    )
     rows: list[dict] = []
     for mode, hidden, tokens in shapes:
         if time.perf_counter() - started > args.budget_s:

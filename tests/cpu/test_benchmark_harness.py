@@ -107,3 +107,27 @@ def test_sweep_inductor_settings(monkeypatch):
     harness.configure_sweep_inductor()
     assert dynamo_config.recompile_limit == 256
     assert inductor_config.autotune_local_cache is False
+
+
+def test_prepare_sweep(monkeypatch, tmp_path, capsys):
+    """Dry run: no compiling, a nominal bandwidth. Otherwise: Inductor settings,
+    the listed jobs precompiled, the wait for the file, then the measured bandwidth."""
+    calls = []
+    monkeypatch.setattr(harness, "configure_sweep_inductor", lambda: calls.append("configure"))
+    monkeypatch.setattr(harness, "precompile_in_processes", lambda work, workers: calls.append(("compile", work, workers)))
+    monkeypatch.setattr(harness, "copy_bandwidth_TBps", lambda: calls.append("copy") or 4.1)
+
+    def work():
+        calls.append("listed")
+        return [(len, [1, 2])]
+
+    assert harness.prepare_sweep(True, 15, work, 0.0) == 4.2
+    assert calls == []
+    done = tmp_path / "gpu_tests_done"
+    done.touch()
+    assert harness.prepare_sweep(False, 15, work, 0.0, done) == 4.1
+    assert calls == ["configure", "listed", ("compile", [(len, [1, 2])], 15), "copy"]
+    calls.clear()
+    assert harness.prepare_sweep(False, 0, work, 0.0) == 4.1
+    assert calls == ["configure", "copy"]  # no workers: nothing listed or precompiled
+    assert "timing" in capsys.readouterr().out  # printed once, after the wait
