@@ -74,7 +74,7 @@ def _next_stream(
         folded = eol.fold_moe(layer, dense_out, moe_out, residual, nxt) if nxt is not None else None
         return folded or (post_attn.moe_end(layer, dense_out, moe_out, residual), None)
     if layer.has_ple:
-        if nxt is None or not active("ple_tail") or not ple_tail.takes_fused_tail(layer, residual, per_layer_input):
+        if nxt is None or not active(ple_tail.PATCH_NAME) or not ple_tail.takes_fused_tail(layer, residual, per_layer_input):
             return layer._next_stream(hidden_states, residual, per_layer_input, forward_batch), None
         projected, h = ple_tail.ple_branch(layer, hidden_states, residual, per_layer_input, forward_batch)
         return eol.fold_ple(layer, projected, h, nxt) or (ple_tail.ple_end(layer, projected, h), None)
@@ -131,22 +131,12 @@ LINK_LAYERS = Hook(f"{_MODEL}.__init__", eol.link_layers, "after", params=("self
 
 
 def _check_post_attn() -> str | None:
+    """What the shared forward and the fused reads use of SGLang, besides the hook targets."""
     from sglang.srt.layers.layer_boundary.residual import batch
 
     if not hasattr(batch, "written_residual"):
         return "layer_boundary.residual.batch.written_residual is gone"
     return post_attn.check()
-
-
-def _check_eol() -> str | None:
-    reason = _check_post_attn()
-    if reason:
-        return reason
-    from sglang.srt.layers.layernorm import RMSNorm
-
-    if not hasattr(RMSNorm(4), "variance_epsilon"):
-        return "RMSNorm has no attribute 'variance_epsilon'"
-    return None
 
 
 PATCHES = [
@@ -169,6 +159,6 @@ PATCHES = [
         summary="the next layer's input_layernorm computed by this layer's last kernel (1 launch fewer per layer)",
         hooks=(STAGE_FACTS, FORWARD, LINK_LAYERS),
         delete_when="SGLang's layer boundary folds the next layer's input norm into the previous layer's exit",
-        check=_check_eol,
+        check=_check_post_attn,  # its RMSNorm/Gemma4RMSNorm attributes are those the fold reads too
     ),
 ]

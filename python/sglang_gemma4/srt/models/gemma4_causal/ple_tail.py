@@ -38,6 +38,7 @@ from sglang_gemma4.kernels.support import patch_fused_dtypes
 from sglang_gemma4.registry import Hook, Patch
 
 _LAYER = "sglang.srt.models.gemma4_causal.Gemma4DecoderLayer"
+PATCH_NAME = "ple_tail"
 
 
 def takes_fused_tail(layer: torch.nn.Module, residual: torch.Tensor, per_layer_input: torch.Tensor | None) -> bool:
@@ -122,7 +123,7 @@ def _check() -> str | None:
 
 PATCHES = [
     Patch(
-        name="ple_tail",
+        name=PATCH_NAME,
         summary="E2B/E4B PLE tail: 7 pointwise/norm launches -> 3 fused Triton kernels",
         hooks=(
             Hook(
