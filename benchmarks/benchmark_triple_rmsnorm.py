@@ -226,12 +226,12 @@ MODES = {
 }
 
 
-def check_outputs_agree(t: NormInputs, impls: dict[str, Callable], want: Callable = None) -> None:
-    """Every implementation computes the reference's four outputs (to two bf16
+def check_outputs_agree(t: NormInputs, impls: dict[str, Callable], reference: Callable) -> None:
+    """Every implementation computes ``reference``'s outputs (to two bf16
     roundings: Inductor sums the squares in another order, which moves a handful
     of elements per million by one ulp, sometimes a second rounding later) before
     it is timed; in-place ones on a copy of the residual."""
-    want = (want or eager_reference)(t)
+    want = reference(t)
     for name, fn in impls.items():
         got = fn(t.fresh())
         for label, g, w in zip(("r", "dense_in", "router_in", "moe_in"), got, want):
