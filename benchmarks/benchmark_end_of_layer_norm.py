@@ -26,6 +26,9 @@ and never slower than ``torch_compile``.
 Run on the GPU machine (torch + triton + CUDA, no sglang)::
 
     PYTHONPATH=python python3 benchmarks/benchmark_end_of_layer_norm.py
+
+The kernel's launch configurations are swept by
+benchmarks/sweep_end_of_layer_norm.py (which reuses this file's implementations).
 """
 
 from __future__ import annotations
@@ -55,9 +58,6 @@ DEVICE = "cuda"  # a module constant so a CPU dry run (Triton interpreter) can s
 IMPLS = ("fused", "sglang", "torch_compile", "eager")
 
 COPY_FRACTION_MIN, LARGE_TOKENS_MIN = 0.85, 4096
-# (rows_per_program, num_warps) tried for the launch sweep at large token counts.
-SWEEP = [(1, 4), (1, 8), (1, 16), (1, 32), (2, 16), (2, 32)]
-SWEEP_TOKENS = (4096, 16384)
 
 
 class EndInputs:
@@ -133,27 +133,6 @@ def measure(model: str, kind: str, hidden: int, tokens: int, copy_bw: float) -> 
     return harness.timed_rows(impls, IMPLS, sets, base, nbytes, copy_bw)
 
 
-def launch_sweep(model: str, kind: str, hidden: int, copy_bw: float) -> list[dict]:
-    """The row kernel under other (rows_per_program, num_warps), for tuning launch_config."""
-    out = []
-    for tokens in SWEEP_TOKENS:
-        default = eol.launch_config(hidden, tokens)
-        block = eol.row_launch(hidden, tokens).block_h
-        nbytes = minimal_bytes(kind, tokens, hidden)
-        sets = [EndInputs(kind, tokens, hidden, seed=i) for i in range(harness.input_sets(nbytes))]
-        for rows_per_program, num_warps in SWEEP:
-            if rows_per_program * block // (num_warps * 32) > 32:  # would spill
-                continue
-            fn = partial(FUSED[kind], eps=EPS, rows_per_program=rows_per_program, num_warps=num_warps)
-            us = harness.graph_us([partial(lambda t, f=fn: f(*t.args), s) for s in sets])
-            out.append({
-                "model": model, "tokens": tokens, "rows_per_program": rows_per_program, "num_warps": num_warps,
-                "us": round(us, 3), "copy_pct": round(100 * nbytes / (copy_bw * 1e12) * 1e6 / us, 1),
-                "default": eol.EndOfLayerLaunch(block, rows_per_program, num_warps) == default,
-            })
-    return out
-
-
 def summarize(rows: list[dict]) -> list[dict]:
     table = []
     for (model, tokens), impls in harness.impls_by_size(rows, "model", "tokens"):
@@ -170,7 +149,6 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tokens", type=int, nargs="*", default=TOKENS)
     parser.add_argument("--models", nargs="*", default=list(DEFAULT_MODELS), choices=list(MODELS))
-    parser.add_argument("--no-sweep", action="store_true", help="skip the launch-config sweep")
     args = parser.parse_args()
 
     harness.allow_one_compile_per_shape()
@@ -178,14 +156,11 @@ def main() -> None:
     copy_bw = harness.copy_bandwidth_TBps()
     print(f"copy bandwidth {copy_bw:.2f} TB/s")
     rows: list[dict] = []
-    sweep: list[dict] = []
     for model in args.models:
         kind, hidden = MODELS[model]
         for tokens in args.tokens:
             rows += measure(model, kind, hidden, tokens, copy_bw)
             print(f"[{time.perf_counter() - started:6.1f}s] {model} tokens={tokens} done", flush=True)
-        if not args.no_sweep:
-            sweep += launch_sweep(model, kind, hidden, copy_bw)
 
     path = harness.write_results(
         "end_of_layer_norm",
@@ -194,7 +169,6 @@ def main() -> None:
         plot=partial(harness.plot_us_vs_tokens, title="end of layer + next input norm (bf16)"),
         extra={
             "dtype": "bfloat16",
-            "launch_sweep": sweep,
             "notes": {
                 "scope": "the layer's last fused op and the next layer's input_layernorm; dense: "
                 "(rmsnorm(x)+residual)*scalar, MoE: dual-branch combine, PLE: post-PLE norm+add+scalar",
@@ -212,8 +186,6 @@ def main() -> None:
         },
     )
     print(f"wrote {path} ({time.perf_counter() - started:.0f}s)")
-    if sweep:
-        harness.print_table(sweep, ["model", "tokens", "rows_per_program", "num_warps", "us", "copy_pct", "default"])
     harness.print_table(
         summarize(rows),
         ["model", "tokens", "fused_us", "sglang_us", "compile_us", "floor_us", "copy_pct", "x_sglang", "x_compile", "verdict"],

@@ -25,7 +25,7 @@ if [ ${#tests[@]} -gt 0 ]; then
   tail -n 3 "$work"/gpu_tests_*.log
 fi
 # A benchmark may carry its arguments after a colon, comma-separated:
-#   benchmark_end_of_layer_norm:--no-sweep  benchmark_triple_rmsnorm:--mode,norm_add
+#   benchmark_ple_tail:--models,E2B  benchmark_triple_rmsnorm:--mode,norm_add
 for spec in "$@"; do
   b=${spec%%:*}
   args=()

@@ -99,7 +99,8 @@ def test_row_strided_inputs():
 def test_launch_overrides_do_not_change_results(rows_per_program, num_warps):
     case = end_of_layer_case("moe", 17, 128, torch.bfloat16, seed=13)
     default = case.run()
-    other = case.run(rows_per_program=rows_per_program, num_warps=num_warps)
+    launch = eol.row_launch(128, 17)._replace(rows_per_program=rows_per_program, num_warps=num_warps)
+    other = case.run(launch=launch)
     for a, b in zip(default, other):
         assert torch.equal(a, b)
 
@@ -182,7 +183,8 @@ def test_chunked_kernel_matches_row_kernel(kind):
     """Same rounding points as the row kernel: only the fp32 sums' order differs,
     so nearly every element is equal."""
     case = end_of_layer_case(kind, 16, 333, torch.bfloat16, seed=17)
-    for row, chunked in zip(case.run(rows_per_program=1, num_warps=4), case.run(launch=_chunked(64))):
+    row_launch = eol.row_launch(333, 16)._replace(rows_per_program=1, num_warps=4)
+    for row, chunked in zip(case.run(launch=row_launch), case.run(launch=_chunked(64))):
         assert_within_one_rounding(chunked, row, f"{kind} chunked vs row")
 
 
@@ -218,8 +220,6 @@ def test_bad_launches_raise():
     for message, launch in bad.items():
         with pytest.raises(ValueError, match=message):
             case.run(launch=launch)
-    with pytest.raises(ValueError, match="either launch"):
-        case.run(launch=_chunked(32), num_warps=4)
 
 
 def _unsupported(kind: str) -> dict[str, tuple]:
@@ -265,6 +265,6 @@ def test_empty_batch_and_bad_overrides():
     assert h.shape == next_in.shape == (0, 128)
     case = end_of_layer_case("dense", 4, 128, torch.bfloat16)
     with pytest.raises(ValueError, match="power of two"):
-        case.run(rows_per_program=3)
+        case.run(launch=eol.row_launch(128, 4)._replace(rows_per_program=3))
     with pytest.raises(ValueError, match="out must be"):
         case.run(out=torch.empty(4, 128, dtype=torch.float16))

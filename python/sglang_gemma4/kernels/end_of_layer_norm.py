@@ -531,8 +531,6 @@ def _launch(
     w_next: torch.Tensor,
     eps: float,
     out: torch.Tensor | None,
-    rows_per_program: int | None,
-    num_warps: int | None,
     launch: EndOfLayerLaunch | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     if problem is not None:
@@ -545,14 +543,6 @@ def _launch(
     n_rows, hidden = x.shape
     if n_rows == 0:
         return out, next_in
-    if launch is not None and (rows_per_program or num_warps):
-        raise ValueError("pass either launch or rows_per_program/num_warps")
-    if launch is None and (rows_per_program or num_warps):
-        # rows_per_program/num_warps override the row kernel's own launch.
-        row = row_launch(hidden, n_rows)
-        launch = row._replace(
-            rows_per_program=rows_per_program or row.rows_per_program, num_warps=num_warps or row.num_warps
-        )
     launch = launch or launch_config(hidden, n_rows)
     x2 = x if x2 is None else x2
     args = (
@@ -609,8 +599,6 @@ def dense_end_of_layer_norm(
     eps: float,
     *,
     out: torch.Tensor | None = None,
-    rows_per_program: int | None = None,
-    num_warps: int | None = None,
     launch: EndOfLayerLaunch | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(h, next_in)`` of a dense layer's end, one launch.
@@ -621,14 +609,13 @@ def dense_end_of_layer_norm(
     stride, one dtype; weights ``[H]``; ``layer_scalar`` one element, read on the
     device. ``h`` goes to ``out`` when given (may be ``residual`` itself: each
     program reads its rows before writing them). ``eps`` serves both norms.
-    ``launch`` (or ``rows_per_program``/``num_warps`` for the row kernel)
-    overrides :func:`launch_config` (tests, sweeps). Unsupported inputs (see
+    ``launch`` overrides :func:`launch_config` (tests, sweeps). Unsupported inputs (see
     :func:`supports_dense`) raise ``ValueError``.
     """
     problem = _dense_problem(x, w_post_ff, residual, layer_scalar, w_next)
     return _launch(
         DENSE, problem, x, None, residual, layer_scalar, w_post_ff, None, None, w_next, eps,
-        out, rows_per_program, num_warps, launch,
+        out, launch,
     )
 
 
@@ -644,8 +631,6 @@ def moe_end_of_layer_norm(
     eps: float,
     *,
     out: torch.Tensor | None = None,
-    rows_per_program: int | None = None,
-    num_warps: int | None = None,
     launch: EndOfLayerLaunch | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(h, next_in)`` of a MoE layer's end, one launch.
@@ -658,7 +643,7 @@ def moe_end_of_layer_norm(
     problem = _moe_problem(h_dense, w_post_ff_1, h_moe, w_post_ff_2, w_post_ff, residual, layer_scalar, w_next)
     return _launch(
         MOE, problem, h_dense, h_moe, residual, layer_scalar, w_post_ff_1, w_post_ff_2, w_post_ff, w_next, eps,
-        out, rows_per_program, num_warps, launch,
+        out, launch,
     )
 
 
@@ -671,8 +656,6 @@ def ple_end_of_layer_norm(
     eps: float,
     *,
     out: torch.Tensor | None = None,
-    rows_per_program: int | None = None,
-    num_warps: int | None = None,
     launch: EndOfLayerLaunch | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(h, next_in)`` of a PLE layer's end, one launch.
@@ -686,7 +669,7 @@ def ple_end_of_layer_norm(
     problem = _ple_problem(x, w_post_ple, residual, layer_scalar, w_next)
     return _launch(
         PLE, problem, x, None, residual, layer_scalar, w_post_ple, None, None, w_next, eps,
-        out, rows_per_program, num_warps, launch,
+        out, launch,
     )
 
 
