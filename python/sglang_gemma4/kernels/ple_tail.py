@@ -459,13 +459,16 @@ def _require(problem: str | None) -> None:
 #
 # ptxas issues the loads of the second activation and the weight only after
 # the row's sum of squares has its x (seen in the SASS for every tile shape),
-# so each program makes two dependent trips to memory; occupancy hides it.
-# The exact kernel does the same, and neither a barrier nor a CTA fence placed
-# after the loads changed it (sm_90, triton 3.8, offline): ptxas still uses x
-# before it issues the residual's and the weight's loads. At latency-bound
-# sizes (E2B, 512 rows) that second trip is what Inductor's looped kernels
-# pay too, and the two tails time within a few percent of each other.
-#
+# so the reduction of x runs while they are in flight. Neither a barrier nor a
+# CTA fence placed after the loads changed that order (sm_90, triton 3.8,
+# offline). Tried in session 4 of 2026-11-29 (H200, triton 3.6): a data
+# dependency (x OR-ed with the other loads' bits masked by a run-time zero)
+# made ptxas issue every load of the row at once, here and in the triple and
+# end-of-layer kernels, and it was slower at every decode size: the PLE tail
+# +0.1-0.3 us at 1-512 rows (E2B 1: 4.10 -> 4.27), E4B 1024 rows 12.1 -> 15.9,
+# the triple norm at 2816 x 1 2.31 -> 2.49 and 5376 x 1 3.20 -> 3.78. So the
+# overlap of the reduction with the later loads is worth more than one trip.
+
 # Exact rows (kernel "exact", measured in the third sweep below):
 # the row kernel pads 1536 to 2048 lanes and 2560 to 4096 (25% / 37.5% of the
 # lanes idle, more registers per row, fewer rows in flight per SM). Compiled
