@@ -11,6 +11,9 @@ Environment:
 * ``SGLANG_PLUGINS=...`` -- SGLang's own whitelist; leaving ``gemma4`` out of it
   keeps this plugin from loading at all.
 * ``SGLANG_GEMMA4_LOG_LEVEL`` -- our logger's level (default ``INFO``).
+* ``SGLANG_GEMMA4_PDL=1`` -- launch our kernels with programmatic dependent
+  launch on sm_90+ (off by default; ``sglang_gemma4.kernels.dependent_launch``
+  says where it gains and where it loses).
 """
 
 from __future__ import annotations
@@ -53,5 +56,7 @@ def register() -> list[registry.PatchStatus]:
     table = registry.apply_all(patches, failures)
     if _current_plugin_source.get() is None:
         HookRegistry.apply_hooks()
-    logger.info(registry.summary_line())
+    from sglang_gemma4.kernels import dependent_launch
+
+    logger.info("%s; %s", registry.summary_line(), dependent_launch.describe())
     return table

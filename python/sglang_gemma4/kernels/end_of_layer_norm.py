@@ -67,6 +67,7 @@ import torch
 import triton
 import triton.language as tl
 
+from sglang_gemma4.kernels.dependent_launch import launch_kwargs, wait_for_previous_grid
 from sglang_gemma4.kernels.rounding import round_to
 from sglang_gemma4.kernels.support import (
     FUSED_DTYPES,
@@ -110,7 +111,9 @@ def _end_of_layer_norm_kernel(
     ROWS: tl.constexpr,
     BLOCK_H: tl.constexpr,
     BF16_RNE_BY_BITS: tl.constexpr,
+    USE_PDL: tl.constexpr = False,
 ):
+    wait_for_previous_grid(USE_PDL)
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     # int64: rows * stride passes 2**31 at ~400k tokens of hidden 5376.
     rows64 = rows.to(tl.int64)[:, None]
@@ -254,6 +257,7 @@ def _end_of_layer_norm_chunked_kernel(
     NUM_CHUNKS: tl.constexpr,
     UNROLL: tl.constexpr,
     BF16_RNE_BY_BITS: tl.constexpr,
+    USE_PDL: tl.constexpr = False,
 ):
     """One row per program (``n_rows`` programs), ``CHUNK`` columns at a time.
 
@@ -273,6 +277,7 @@ def _end_of_layer_norm_chunked_kernel(
     more rows fit on an SM, at the cost of re-reads (and pass 3's ``residual``
     reads from DRAM) issued n chunks at a time. Every lane adds its chunks in
     the same order either way: the results are the same bits."""
+    wait_for_previous_grid(USE_PDL)
     row = tl.program_id(0).to(tl.int64)
     x_row = x_ptr + row * x_stride
     x2_row = x2_ptr + row * x2_stride
@@ -576,7 +581,7 @@ def _launch(
             raise ValueError(f"the row kernel needs block_h >= hidden ({hidden}): {launch}")
         _end_of_layer_norm_kernel[(triton.cdiv(n_rows, rows),)](
             *args, MODE=mode, ROWS=rows, BLOCK_H=launch.block_h, BF16_RNE_BY_BITS=bf16_by_bits,
-            num_warps=launch.num_warps,
+            num_warps=launch.num_warps, **launch_kwargs(x),
         )
     elif launch.kernel == "chunked":
         if launch.rows_per_program != 1:
@@ -584,6 +589,7 @@ def _launch(
         _end_of_layer_norm_chunked_kernel[(n_rows,)](
             *args, MODE=mode, CHUNK=launch.block_h, NUM_CHUNKS=triton.cdiv(hidden, launch.block_h),
             UNROLL=launch.unroll, BF16_RNE_BY_BITS=bf16_by_bits, num_warps=launch.num_warps,
+            **launch_kwargs(x),
         )
     else:
         raise ValueError(f"unknown kernel {launch.kernel!r}")

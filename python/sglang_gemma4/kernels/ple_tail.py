@@ -48,6 +48,7 @@ import torch
 import triton
 import triton.language as tl
 
+from sglang_gemma4.kernels.dependent_launch import launch_kwargs, wait_for_previous_grid
 from sglang_gemma4.kernels.rounding import round_to
 from sglang_gemma4.kernels.row_segments import lanes_per_row, power_of_two_segments
 from sglang_gemma4.kernels.support import (
@@ -92,9 +93,11 @@ def _rmsnorm_add_row_kernel(
     ACT_EVICT: tl.constexpr,
     W_EVICT: tl.constexpr,
     BF16_RNE_BY_BITS: tl.constexpr,
+    USE_PDL: tl.constexpr = False,
 ):
     """``ROWS`` whole rows per program, held in registers: each element is loaded once.
     ``ACT_EVICT``/``W_EVICT``: eviction hints of the activation and weight loads ("" for none)."""
+    wait_for_previous_grid(USE_PDL)
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     cols = tl.arange(0, BLOCK)
     col_ok = cols < n_cols
@@ -163,6 +166,7 @@ def _rmsnorm_add_segmented_kernel(
     ACT_EVICT: tl.constexpr,
     W_EVICT: tl.constexpr,
     BF16_RNE_BY_BITS: tl.constexpr,
+    USE_PDL: tl.constexpr = False,
 ):
     """``ROWS`` whole rows per program in registers, like the row kernel, but a
     row of ``n_cols = SEG0 + SEG1`` columns (powers of two, ``SEG1`` 0: none) is
@@ -170,6 +174,7 @@ def _rmsnorm_add_segmented_kernel(
     2048 lanes). Both segments are split over the same ``LANES`` lanes, so their
     sums of squares add lane by lane in registers and each row costs one
     cross-thread reduction. Other arguments as the row kernel's."""
+    wait_for_previous_grid(USE_PDL)
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     row_ok = (rows < n_rows)[:, None, None]
     rows64 = rows.to(tl.int64)[:, None, None]
@@ -214,11 +219,13 @@ def _rmsnorm_add_looped_kernel(
     ACT_EVICT: tl.constexpr,
     W_EVICT: tl.constexpr,
     BF16_RNE_BY_BITS: tl.constexpr,
+    USE_PDL: tl.constexpr = False,
 ):
     """One row per program, ``CHUNK`` columns at a time, in two passes: the sum of
     squares of ``x``, then the outputs. Pass 2 re-reads ``x`` from L1, so DRAM
     sees each element once; no lanes idle when ``CHUNK`` divides the row.
     Arguments as the row kernel's (``n_rows`` is the grid here)."""
+    wait_for_previous_grid(USE_PDL)
     row = tl.program_id(0).to(tl.int64)
     lanes = tl.arange(0, CHUNK)
     act_dtype = out_ptr.dtype.element_ty
@@ -255,7 +262,9 @@ def _gelu_tanh_mul_kernel(
     BLOCK_COLS: tl.constexpr,
     ACT_EVICT: tl.constexpr,
     BF16_RNE_BY_BITS: tl.constexpr,
+    USE_PDL: tl.constexpr = False,
 ):
+    wait_for_previous_grid(USE_PDL)
     rows = tl.program_id(0) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
     cols = tl.program_id(1) * BLOCK_COLS + tl.arange(0, BLOCK_COLS)
     mask = (rows < n_rows)[:, None] & (cols < n_cols)[None, :]
@@ -667,6 +676,7 @@ def _launch_norm(
             BF16_RNE_BY_BITS=bf16_rne_by_bits,
             num_warps=launch.num_warps,
             **hints,
+            **launch_kwargs(x),
         )
     elif launch.kernel == "exact":
         segments = exact_row_segments(n_cols)
@@ -688,6 +698,7 @@ def _launch_norm(
             BF16_RNE_BY_BITS=bf16_rne_by_bits,
             num_warps=launch.num_warps,
             **hints,
+            **launch_kwargs(x),
         )
     elif launch.kernel == "looped":
         if launch.rows_per_program != 1:
@@ -700,6 +711,7 @@ def _launch_norm(
             BF16_RNE_BY_BITS=bf16_rne_by_bits,
             num_warps=launch.num_warps,
             **hints,
+            **launch_kwargs(x),
         )
     else:
         raise ValueError(f"unknown kernel {launch.kernel!r}")
@@ -723,6 +735,7 @@ def _launch_gelu_mul(
         ACT_EVICT="evict_first" if launch.stream_hints else "",
         BF16_RNE_BY_BITS=bf16_rne_by_bits,
         num_warps=launch.num_warps,
+        **launch_kwargs(gate),
     )
     return out
 

@@ -39,6 +39,7 @@ import torch
 import triton
 import triton.language as tl
 
+from sglang_gemma4.kernels.dependent_launch import launch_kwargs, wait_for_previous_grid
 from sglang_gemma4.kernels.rounding import round_to
 from sglang_gemma4.kernels.support import (
     FUSED_DTYPES,
@@ -67,7 +68,9 @@ def _qkv_norm_rope_kernel(
     HEAD_DIM: tl.constexpr,
     HALF: tl.constexpr,
     BF16_RNE_BY_BITS: tl.constexpr,
+    USE_PDL: tl.constexpr = False,
 ):
+    wait_for_previous_grid(USE_PDL)
     token = tl.program_id(0).to(tl.int64)
     head = tl.program_id(1)
     i = tl.arange(0, HALF)
@@ -225,6 +228,7 @@ def qkv_norm_rope(
         HALF=head_dim // 2,
         BF16_RNE_BY_BITS=triton_interpreting() and q.dtype == torch.bfloat16,
         num_warps=max(1, min(4, head_dim // 256)),
+        **launch_kwargs(q),
     )
 
 

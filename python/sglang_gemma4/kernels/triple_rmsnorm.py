@@ -71,6 +71,7 @@ import torch
 import triton
 import triton.language as tl
 
+from sglang_gemma4.kernels.dependent_launch import launch_kwargs, wait_for_previous_grid
 from sglang_gemma4.kernels.rounding import round_to
 from sglang_gemma4.kernels.row_segments import power_of_two_segments
 from sglang_gemma4.kernels.support import MAX_FUSED_ROW, triton_can_run_on, triton_interpreting
@@ -263,6 +264,7 @@ def _triple_norm_row_kernel(
     ACT_EVICT: tl.constexpr,
     BF16_RNE_BY_BITS: tl.constexpr,
     PAIRED_SUMS: tl.constexpr,
+    USE_PDL: tl.constexpr = False,
 ):
     """``ROWS`` whole rows per program, held in registers: each element is loaded
     once and every load is issued up front (the latency-bound decode sizes).
@@ -277,6 +279,7 @@ def _triple_norm_row_kernel(
     pointers are not touched). ``ACT_EVICT``: the activations' eviction hint.
     ``PAIRED_SUMS``: the sums of squares of ``s`` and ``r`` in one cross-thread
     reduction (two dependent reductions per row instead of three)."""
+    wait_for_previous_grid(USE_PDL)
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     row_ok = rows < n_rows
     # int64: rows * hidden passes 2**31 for prefills of ~760k tokens at hidden 2816.
@@ -411,6 +414,7 @@ def _triple_norm_chunked_kernel(
     ACT_EVICT: tl.constexpr,
     BF16_RNE_BY_BITS: tl.constexpr,
     PAIRED_SUMS: tl.constexpr,
+    USE_PDL: tl.constexpr = False,
 ):
     """One row per program, ``CHUNK`` columns at a time, in three passes: the
     sum of squares of attn_out; the sums of squares of ``s`` and ``r``; all four
@@ -427,6 +431,7 @@ def _triple_norm_chunked_kernel(
     ``NUM_CHUNKS`` chunks (all of a pass's loads in flight at once, more
     registers). Both add the chunks in the same order. ``PAIRED_SUMS``: the
     sums of ``s`` and ``r`` in one cross-thread reduction."""
+    wait_for_previous_grid(USE_PDL)
     base = tl.program_id(0).to(tl.int64) * hidden
     lanes = tl.arange(0, CHUNK)
 
@@ -702,6 +707,7 @@ def _launch(
         "ACT_EVICT": "evict_first" if launch.stream_hints else "",
         "BF16_RNE_BY_BITS": triton_interpreting() and attn_out.dtype == torch.bfloat16,
         "PAIRED_SUMS": launch.paired_sums and moe_outputs,
+        **launch_kwargs(attn_out),
     }
     if launch.rows_per_program < 1 or launch.rows_per_program & (launch.rows_per_program - 1):
         raise ValueError(f"rows_per_program must be a power of two: {launch}")
