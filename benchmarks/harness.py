@@ -26,6 +26,8 @@ from typing import Callable, Sequence
 
 import torch
 
+from sglang_gemma4.kernels.dependent_launch import dependent_launch
+
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 WARMUP_S = 0.02  # warm-up replays before timing, seconds
 # GPU spin before a batch of timed replays, per replay: ~50 us at the H200's 1.98 GHz,
@@ -74,7 +76,17 @@ def count_launches(fn: Callable[[], object]) -> int:
 
 def _captured_graph(fns: Sequence[Callable[[], object]], calls_per_graph: int) -> torch.cuda.CUDAGraph:
     """A CUDA graph of ``calls_per_graph`` calls of ``fns`` in rotation (each run
-    once first, outside the capture, to compile and autotune)."""
+    once first, outside the capture, to compile and autotune).
+
+    Our kernels are captured without programmatic dependent launch unless a
+    call sets a mode itself: the graph runs the same kernels back to back, where
+    PDL would overlap them more than the GEMMs between them in a model allow
+    (benchmark_dependent_launch.py measures PDL in that setting)."""
+    with dependent_launch("off"):
+        return _capture(fns, calls_per_graph)
+
+
+def _capture(fns: Sequence[Callable[[], object]], calls_per_graph: int) -> torch.cuda.CUDAGraph:
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):

@@ -11,9 +11,9 @@ Environment:
 * ``SGLANG_PLUGINS=...`` -- SGLang's own whitelist; leaving ``gemma4`` out of it
   keeps this plugin from loading at all.
 * ``SGLANG_GEMMA4_LOG_LEVEL`` -- our logger's level (default ``INFO``).
-* ``SGLANG_GEMMA4_PDL=1`` -- launch our kernels with programmatic dependent
-  launch on sm_90+ (off by default; ``sglang_gemma4.kernels.dependent_launch``
-  says where it gains and where it loses).
+* ``SGLANG_GEMMA4_PDL`` -- programmatic dependent launch of our kernels on
+  sm_90+: ``auto`` (default: where measured faster), ``1`` every kernel, ``0``
+  none (``sglang_gemma4.kernels.dependent_launch``).
 """
 
 from __future__ import annotations

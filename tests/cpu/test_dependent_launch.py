@@ -27,35 +27,71 @@ from sglang_gemma4.kernels import triple_rmsnorm as tri
 
 
 @pytest.mark.parametrize(
-    "raw, on",
-    [(None, False), ("", False), ("0", False), ("off", False), ("1", True), ("true", True), (" ON ", True), ("yes", True)],
+    "raw, mode",
+    [(None, "auto"), ("", "auto"), (" Auto ", "auto"), ("0", "off"), ("off", "off"), ("1", "on"), ("true", "on"), (" ON ", "on")],
 )
-def test_env_switch(raw, on):
-    assert dl.enabled_by_env(raw) is on
+def test_env_modes(raw, mode):
+    assert dl.mode_from_env(raw) == mode
+
+
+def test_env_typo_is_an_error_that_says_what_to_use():
+    with pytest.raises(ValueError, match="use 1 .*0 .*auto"):
+        dl.mode_from_env("enabled")
 
 
 def test_dependent_launch_block_sets_and_restores():
-    before = dl.enabled()
-    with dl.dependent_launch(not before):
-        assert dl.enabled() is (not before)
+    before = dl.mode()
+    with dl.dependent_launch("on"):
+        assert dl.mode() == "on"
         with pytest.raises(RuntimeError):
-            with dl.dependent_launch(before):
-                assert dl.enabled() is before
+            with dl.dependent_launch("off"):
+                assert dl.mode() == "off"
                 raise RuntimeError
-        assert dl.enabled() is (not before)
-    assert dl.enabled() is before
+        assert dl.mode() == "on"
+    assert dl.mode() == before
+    with pytest.raises(ValueError):
+        with dl.dependent_launch("sometimes"):
+            pass
+
+
+@pytest.mark.parametrize(
+    "family, rows, width, want",
+    [
+        ("ple_tail", 1, 1536, True),
+        ("ple_tail", 128, 2560, True),
+        ("ple_tail", 129, 2560, False),
+        ("ple_tail", 64, 256, True),  # the gelu kernel: per-layer-input width
+        ("ple_tail", 1, 4096, False),  # not a measured width
+        ("post_attn", 32, 2816, True),
+        ("post_attn", 33, 5376, False),
+        ("post_attn", 1, 1536, False),  # PLE layers: measured slower
+        ("end_of_layer", 8, 5376, True),
+        ("end_of_layer", 8, 2816, False),
+        ("qkv_norm_rope", 1, 2048, False),
+    ],
+)
+def test_auto_mode_follows_the_measured_table(family, rows, width, want):
+    with dl.dependent_launch("auto"):
+        assert dl.wanted(family, rows, width) is want
+    with dl.dependent_launch("on"):
+        assert dl.wanted(family, rows, width)
+    with dl.dependent_launch("off"):
+        assert not dl.wanted(family, rows, width)
+
+
+def test_every_family_has_a_table_entry():
+    assert set(dl.AUTO_MAX_ROWS) == {"ple_tail", "post_attn", "end_of_layer", "qkv_norm_rope"}
 
 
 def test_no_launch_arguments_off_cuda():
-    with dl.dependent_launch(True):
-        assert dl.launch_kwargs(torch.zeros(2, 8)) == {}
+    with dl.dependent_launch("on"):
+        assert dl.launch_kwargs(torch.zeros(2, 8), "ple_tail", 2, 8) == {}
 
 
-def test_describe_names_the_switch():
-    with dl.dependent_launch(True):
-        assert "on" in dl.describe() and dl.ENV in dl.describe()
-    with dl.dependent_launch(False):
-        assert "off" in dl.describe() and dl.ENV in dl.describe()
+def test_describe_names_the_mode_and_the_switch():
+    for mode in dl.MODES:
+        with dl.dependent_launch(mode):
+            assert f"{dl.ENV}={mode}" in dl.describe()
 
 
 # Each launched kernel with constexprs of a launch its table uses, and its warps.

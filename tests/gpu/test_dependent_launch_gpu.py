@@ -70,12 +70,12 @@ class Chain:
 
 
 def run_eager(chain: Chain, pdl: bool) -> list[torch.Tensor]:
-    with dl.dependent_launch(pdl):
+    with dl.dependent_launch("on" if pdl else "off"):
         return [t.clone() for t in chain.run()]
 
 
 def run_graph(chain: Chain, pdl: bool) -> list[torch.Tensor]:
-    with dl.dependent_launch(pdl):
+    with dl.dependent_launch("on" if pdl else "off"):
         chain.run()  # compile outside the capture
         torch.cuda.synchronize()
         graph = torch.cuda.CUDAGraph()
@@ -89,11 +89,15 @@ def run_graph(chain: Chain, pdl: bool) -> list[torch.Tensor]:
 
 def test_pdl_is_used_on_sm90_and_later():
     x = torch.zeros(1, 8, device="cuda")
-    with dl.dependent_launch(True):
-        on_hopper = torch.cuda.get_device_capability() >= (9, 0)
-        assert (dl.launch_kwargs(x) == {"USE_PDL": True, "launch_pdl": True}) is on_hopper
-    with dl.dependent_launch(False):
-        assert dl.launch_kwargs(x) == {}
+    on_hopper = torch.cuda.get_device_capability() >= (9, 0)
+    for mode, family, width, want in (
+        ("on", "qkv_norm_rope", 8, on_hopper),
+        ("auto", "ple_tail", 1536, on_hopper),
+        ("auto", "qkv_norm_rope", 8, False),
+        ("off", "ple_tail", 1536, False),
+    ):
+        with dl.dependent_launch(mode):
+            assert (dl.launch_kwargs(x, family, 1, width) == {"USE_PDL": True, "launch_pdl": True}) is want
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

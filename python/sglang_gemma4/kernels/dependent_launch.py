@@ -1,4 +1,4 @@
-"""Programmatic dependent launch (PDL) for our kernels on Hopper and later GPUs: opt-in.
+"""Programmatic dependent launch (PDL) for our kernels on Hopper and later GPUs.
 
 In a CUDA graph of a decode step, a kernel normally starts only once the kernel
 before it has finished and its writes are flushed. A kernel launched with
@@ -7,31 +7,42 @@ predecessor still runs (as the predecessor's programs exit); it then executes
 ``griddepcontrol.wait``, which returns once the predecessor has completed and
 its memory is visible, before it touches memory.
 
-With ``SGLANG_GEMMA4_PDL=1`` every kernel here is launched that way and waits
-as its first statement (:func:`wait_for_previous_grid`). No load or store comes
-before the wait (tests/cpu/test_dependent_launch.py reads the sm_90 SASS), so
-the results are the same bits as without PDL (the GPU tests compare them); only
-the launch of the grid overlaps the predecessor's tail. The kernels do not
-signal ``griddepcontrol.launch_dependents``, so the kernel after ours starts as
-it would without PDL unless it was launched with the attribute itself.
+Every kernel here can be launched that way and then waits as its first
+statement (:func:`wait_for_previous_grid`). No load or store comes before the
+wait (tests/cpu/test_dependent_launch.py reads the sm_90 SASS), so the results
+are the same bits as without PDL (the GPU tests compare them); only the launch
+of the grid overlaps the predecessor's tail. The kernels do not signal
+``griddepcontrol.launch_dependents``: the kernel after ours starts as it would
+without PDL unless it was launched with the attribute itself.
 
-Off by default, because what it gains depends on the layer. Measured on the
-H200 (torch 2.11, triton 3.6; benchmarks/benchmark_dependent_launch.py, each
-plugin kernel of a decode layer right after the cuBLAS GEMM that feeds it, us
-per layer, PDL on against off): at batch 1-32, 31B dense layers 2.0-2.3
-faster, 26B-A4B MoE layers 0.3-0.5 and E2B PLE layers 0.2-0.7 faster; but E4B
-layers and E2B KV-shared layers 0.6-1.3 slower at every batch, every layer kind
-0.8-2.6 slower at batch 512, and all but E2B PLE 0.4-1.1 slower at batch 128
-(results/dependent_launch.json). A first version that also signalled
-``launch_dependents`` right after the wait was worse at large batches (31B at
-512: 21 us slower, 26B: 9.5). Why either version loses where it does was not
-profiled. Back to back, as in the kernel benchmarks, PDL
-takes 0.5-0.9 us off the three-kernel E2B PLE tail at 1-512 tokens; that
-overlap does not carry over to a layer, where a GEMM sits between our kernels.
+Where it pays, measured on the H200 (torch 2.11, triton 3.6;
+benchmarks/benchmark_dependent_launch.py: each plugin kernel of a decode layer
+right after the cuBLAS GEMM that feeds it, PDL for one kernel family at a time,
+three runs, us per layer against no PDL):
 
-PDL also stays off where the device is older than sm_90 (no
-``griddepcontrol``), where Triton's interpreter runs the kernels (CPU tests),
-and inside :func:`dependent_launch` ``(False)``.
+* the PLE tail's norm and gelu kernels: 0.5-1.3 faster at batch 1-128 in every
+  E2B/E4B layer kind but one point, E2B's non-shared layers at 128 (-0.7, -0.4,
+  +0.6: there every variant read slower in two of the runs); -1.0..+0.8 at 512;
+* the post-attention kernel: 0.8-1.3 faster at batch 1-32 in the 26B-A4B MoE
+  and 31B dense layers; -2.4..+0.1 there at 128 and 0.2-3.5 slower at 512;
+  -1.7..+0.7 in PLE layers;
+* the end-of-layer kernel: 0.9-1.4 faster at batch 1-32 in the 31B layer
+  (-0.2..+0.8 at 128, 2.4-3.1 slower at 512); -1.9..+0.1 in the others;
+* q/k/v norm + RoPE: -2.6..+0.9, mostly slower.
+
+With every kernel launched with PDL the gains do not add up in PLE layers:
+E2B KV-shared and E4B layers were 0.4-2.5 slower at every batch, while their
+PLE kernels alone gained about 0.9. A first version that also signalled
+``launch_dependents`` right after the wait lost up to 21 us at batch 512
+(31B). Why was not profiled.
+
+Hence the default, ``auto``: PDL exactly for the families, widths and batches
+above (:data:`AUTO_MAX_ROWS`). In the third run it saved per layer 0.9-1.0 us
+(26B-A4B), 2.3-2.4 (31B) and 0.6-1.1 (E2B, E4B) at batch 1-32, 0.8-1.1 in E2B
+KV-shared and E4B layers at 128, and lost 0.9 in E2B's non-shared layers at
+128 (results/dependent_launch.json). ``SGLANG_GEMMA4_PDL=1`` launches every
+kernel with PDL, ``=0`` none. Never on devices older than sm_90 (no
+``griddepcontrol``) or under Triton's interpreter (CPU tests).
 
 Imports torch and triton only.
 """
@@ -40,6 +51,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
 from collections.abc import Iterator
 
@@ -50,16 +62,38 @@ import triton.language as tl
 from sglang_gemma4.kernels.support import triton_interpreting
 
 ENV = "SGLANG_GEMMA4_PDL"
+MODES = ("auto", "on", "off")
 MIN_CAPABILITY = (9, 0)
 
+# Kernel family -> {row width: most rows} launched with PDL in "auto" mode (the
+# measurements in the module docstring). The gelu kernel's width is the
+# per-layer-input dim, 256.
+AUTO_MAX_ROWS: dict[str, dict[int, int]] = {
+    "ple_tail": {1536: 128, 2560: 128, 256: 128},
+    "post_attn": {2816: 32, 5376: 32},
+    "end_of_layer": {5376: 32},
+    "qkv_norm_rope": {},
+}
 
 
-def enabled_by_env(raw: str | None) -> bool:
-    """``SGLANG_GEMMA4_PDL``'s value read as a switch: on for 1/true/yes/on, else off."""
-    return (raw or "").strip().lower() in ("1", "true", "yes", "on")
+def mode_from_env(raw: str | None) -> str:
+    """``SGLANG_GEMMA4_PDL`` read as a mode: 1/true/yes/on -> "on", 0/false/no/off ->
+    "off", unset, empty or "auto" -> "auto". Anything else raises ``ValueError``."""
+    value = (raw or "auto").strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return "on"
+    if value in ("0", "false", "no", "off"):
+        return "off"
+    if value == "auto":
+        return "auto"
+    raise ValueError(f"{ENV}={raw!r}: use 1 (every kernel), 0 (none) or auto (the measured table, the default)")
 
 
-_enabled = enabled_by_env(os.environ.get(ENV))
+try:
+    _mode = mode_from_env(os.environ.get(ENV))
+except ValueError as bad_value:  # a typo must not stop a server
+    logging.getLogger("sglang_gemma4").warning("%s; using auto", bad_value)
+    _mode = "auto"
 
 
 @triton.jit
@@ -70,29 +104,37 @@ def wait_for_previous_grid(USE_PDL: tl.constexpr):
         tl.extra.cuda.gdc_wait()
 
 
-def enabled() -> bool:
-    """Whether kernels on a capable GPU are launched with PDL (``SGLANG_GEMMA4_PDL``, default off)."""
-    return _enabled
+def mode() -> str:
+    """The current mode: "auto" (default), "on" or "off"."""
+    return _mode
 
 
 def describe() -> str:
     """The setting, for the plugin's startup line."""
-    if _enabled:
-        return f"programmatic dependent launch on for sm_90+ ({ENV}=1)"
-    return f"programmatic dependent launch off ({ENV}=1 turns it on for sm_90+)"
+    what = {"auto": "where measured faster", "on": "for every kernel", "off": "off"}[_mode]
+    return f"programmatic dependent launch {what} ({ENV}={_mode})"
 
 
 @contextlib.contextmanager
-def dependent_launch(on: bool) -> Iterator[None]:
-    """Launch with PDL (where the GPU allows) or without it inside the block; the
-    setting is read at each launch, so a CUDA graph keeps the one of its capture."""
-    global _enabled
-    before = _enabled
-    _enabled = on
+def dependent_launch(new_mode: str) -> Iterator[None]:
+    """Use ``new_mode`` ("auto", "on", "off") inside the block; the mode is read at
+    each launch, so a CUDA graph keeps the one of its capture."""
+    global _mode
+    if new_mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {new_mode!r}")
+    before = _mode
+    _mode = new_mode
     try:
         yield
     finally:
-        _enabled = before
+        _mode = before
+
+
+def wanted(family: str, rows: int, width: int) -> bool:
+    """Whether the current mode launches ``family``'s kernel for ``rows`` rows of ``width`` with PDL."""
+    if _mode != "auto":
+        return _mode == "on"
+    return rows <= AUTO_MAX_ROWS[family].get(width, -1)
 
 
 @functools.lru_cache(maxsize=None)
@@ -100,10 +142,11 @@ def _device_supports_pdl(index: int) -> bool:
     return torch.cuda.get_device_capability(index) >= MIN_CAPABILITY
 
 
-def launch_kwargs(t: torch.Tensor) -> dict[str, bool]:
-    """Extra launch arguments of a kernel reading ``t``: ``USE_PDL`` (the kernel's
-    constexpr) and Triton's ``launch_pdl``, both True when PDL applies, else none."""
-    if not _enabled or triton_interpreting() or not t.is_cuda:
+def launch_kwargs(t: torch.Tensor, family: str, rows: int, width: int) -> dict[str, bool]:
+    """Extra launch arguments of ``family``'s kernel over ``rows`` rows of ``width``
+    reading ``t``: ``USE_PDL`` (the kernel's constexpr) and Triton's ``launch_pdl``,
+    both True when :func:`wanted` and the GPU allows, else none."""
+    if triton_interpreting() or not t.is_cuda or not wanted(family, rows, width):
         return {}
     if not _device_supports_pdl(t.device.index if t.device.index is not None else torch.cuda.current_device()):
         return {}

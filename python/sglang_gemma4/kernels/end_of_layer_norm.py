@@ -581,7 +581,7 @@ def _launch(
             raise ValueError(f"the row kernel needs block_h >= hidden ({hidden}): {launch}")
         _end_of_layer_norm_kernel[(triton.cdiv(n_rows, rows),)](
             *args, MODE=mode, ROWS=rows, BLOCK_H=launch.block_h, BF16_RNE_BY_BITS=bf16_by_bits,
-            num_warps=launch.num_warps, **launch_kwargs(x),
+            num_warps=launch.num_warps, **launch_kwargs(x, "end_of_layer", n_rows, hidden),
         )
     elif launch.kernel == "chunked":
         if launch.rows_per_program != 1:
@@ -589,7 +589,7 @@ def _launch(
         _end_of_layer_norm_chunked_kernel[(n_rows,)](
             *args, MODE=mode, CHUNK=launch.block_h, NUM_CHUNKS=triton.cdiv(hidden, launch.block_h),
             UNROLL=launch.unroll, BF16_RNE_BY_BITS=bf16_by_bits, num_warps=launch.num_warps,
-            **launch_kwargs(x),
+            **launch_kwargs(x, "end_of_layer", n_rows, hidden),
         )
     else:
         raise ValueError(f"unknown kernel {launch.kernel!r}")

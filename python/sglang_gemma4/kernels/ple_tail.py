@@ -676,7 +676,7 @@ def _launch_norm(
             BF16_RNE_BY_BITS=bf16_rne_by_bits,
             num_warps=launch.num_warps,
             **hints,
-            **launch_kwargs(x),
+            **launch_kwargs(x, "ple_tail", n_rows, n_cols),
         )
     elif launch.kernel == "exact":
         segments = exact_row_segments(n_cols)
@@ -698,7 +698,7 @@ def _launch_norm(
             BF16_RNE_BY_BITS=bf16_rne_by_bits,
             num_warps=launch.num_warps,
             **hints,
-            **launch_kwargs(x),
+            **launch_kwargs(x, "ple_tail", n_rows, n_cols),
         )
     elif launch.kernel == "looped":
         if launch.rows_per_program != 1:
@@ -711,7 +711,7 @@ def _launch_norm(
             BF16_RNE_BY_BITS=bf16_rne_by_bits,
             num_warps=launch.num_warps,
             **hints,
-            **launch_kwargs(x),
+            **launch_kwargs(x, "ple_tail", n_rows, n_cols),
         )
     else:
         raise ValueError(f"unknown kernel {launch.kernel!r}")
@@ -735,7 +735,7 @@ def _launch_gelu_mul(
         ACT_EVICT="evict_first" if launch.stream_hints else "",
         BF16_RNE_BY_BITS=bf16_rne_by_bits,
         num_warps=launch.num_warps,
-        **launch_kwargs(gate),
+        **launch_kwargs(gate, "ple_tail", n_rows, n_cols),
     )
     return out
 

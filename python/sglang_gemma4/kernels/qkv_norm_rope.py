@@ -228,7 +228,7 @@ def qkv_norm_rope(
         HALF=head_dim // 2,
         BF16_RNE_BY_BITS=triton_interpreting() and q.dtype == torch.bfloat16,
         num_warps=max(1, min(4, head_dim // 256)),
-        **launch_kwargs(q),
+        **launch_kwargs(q, "qkv_norm_rope", tokens, q.shape[1]),
     )
 
 

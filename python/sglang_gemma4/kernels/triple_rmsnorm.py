@@ -707,7 +707,7 @@ def _launch(
         "ACT_EVICT": "evict_first" if launch.stream_hints else "",
         "BF16_RNE_BY_BITS": triton_interpreting() and attn_out.dtype == torch.bfloat16,
         "PAIRED_SUMS": launch.paired_sums and moe_outputs,
-        **launch_kwargs(attn_out),
+        **launch_kwargs(attn_out, "post_attn", n_rows, hidden),
     }
     if launch.rows_per_program < 1 or launch.rows_per_program & (launch.rows_per_program - 1):
         raise ValueError(f"rows_per_program must be a power of two: {launch}")
