@@ -83,6 +83,11 @@ def test_every_family_has_a_table_entry():
     assert set(dl.AUTO_MAX_ROWS) == {"ple_tail", "post_attn", "end_of_layer", "qkv_norm_rope"}
 
 
+def test_this_triton_can_launch_with_pdl():
+    # triton 3.8 here, 3.6 on the GPU machine: both have launch_pdl and gdc_wait.
+    assert dl.triton_supports_pdl()
+
+
 def test_no_launch_arguments_off_cuda():
     with dl.dependent_launch("on"):
         assert dl.launch_kwargs(torch.zeros(2, 8), "ple_tail", 2, 8) == {}

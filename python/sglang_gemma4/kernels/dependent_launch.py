@@ -42,7 +42,8 @@ above (:data:`AUTO_MAX_ROWS`). In the third run it saved per layer 0.9-1.0 us
 KV-shared and E4B layers at 128, and lost 0.9 in E2B's non-shared layers at
 128 (results/dependent_launch.json). ``SGLANG_GEMMA4_PDL=1`` launches every
 kernel with PDL, ``=0`` none. Never on devices older than sm_90 (no
-``griddepcontrol``) or under Triton's interpreter (CPU tests).
+``griddepcontrol``), with a Triton that cannot launch with it, or under
+Triton's interpreter (CPU tests).
 
 Imports torch and triton only.
 """
@@ -138,6 +139,17 @@ def wanted(family: str, rows: int, width: int) -> bool:
 
 
 @functools.lru_cache(maxsize=None)
+def triton_supports_pdl() -> bool:
+    """Whether the installed Triton takes ``launch_pdl`` and has ``gdc_wait`` (3.6 and
+    3.8 do); without them the kernels launch as they would without PDL."""
+    try:
+        from triton.backends.nvidia.compiler import CUDAOptions
+    except ImportError:
+        return False
+    return "launch_pdl" in getattr(CUDAOptions, "__dataclass_fields__", {}) and hasattr(tl.extra.cuda, "gdc_wait")
+
+
+@functools.lru_cache(maxsize=None)
 def _device_supports_pdl(index: int) -> bool:
     return torch.cuda.get_device_capability(index) >= MIN_CAPABILITY
 
@@ -146,7 +158,7 @@ def launch_kwargs(t: torch.Tensor, family: str, rows: int, width: int) -> dict[s
     """Extra launch arguments of ``family``'s kernel over ``rows`` rows of ``width``
     reading ``t``: ``USE_PDL`` (the kernel's constexpr) and Triton's ``launch_pdl``,
     both True when :func:`wanted` and the GPU allows, else none."""
-    if triton_interpreting() or not t.is_cuda or not wanted(family, rows, width):
+    if triton_interpreting() or not t.is_cuda or not wanted(family, rows, width) or not triton_supports_pdl():
         return {}
     if not _device_supports_pdl(t.device.index if t.device.index is not None else torch.cuda.current_device()):
         return {}
