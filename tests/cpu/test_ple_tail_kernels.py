@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from sglang_gemma4.kernels import ple_tail as pt
 from sglang_gemma4.kernels.row_segments import lanes_per_row, power_of_two_segments
 from sglang_gemma4.kernels.support import MAX_FUSED_ROW
+from tests.ple_tail_checks import EPS, whole_tail
 
 pytestmark = [
     pytest.mark.interpret,
@@ -24,7 +24,6 @@ pytestmark = [
 DTYPES = [torch.bfloat16, torch.float16, torch.float32]
 # Relative size of one unit in the last place (upper bound) per activation dtype.
 ULP = {torch.bfloat16: 2.0**-7, torch.float16: 2.0**-10, torch.float32: 2.0**-22}
-EPS = 1e-6
 
 
 def assert_matches_reference(out: torch.Tensor, ref: torch.Tensor, *, magnitude: float) -> None:
@@ -335,25 +334,9 @@ def test_gelu_tanh_mul_tails(dtype: torch.dtype) -> None:
 
 def test_whole_tail_matches_reference() -> None:
     """The three kernels between the layer's two GEMMs reproduce the eager tail."""
-    dtype, tokens, hidden, per_layer_dim = torch.bfloat16, 3, 1536, 256
-    gen = torch.Generator().manual_seed(5)
-    x, post_ff_weight, residual = make_norm_inputs(tokens, hidden, dtype, adversarial=False, seed=5)
-    per_layer_inputs = torch.randn(tokens, 4, per_layer_dim, generator=gen).to(dtype)
-    ple = per_layer_inputs[:, 1, :]
-    gate_w = (torch.randn(per_layer_dim, hidden, generator=gen) / hidden**0.5).to(dtype)
-    proj_w = (torch.randn(hidden, per_layer_dim, generator=gen) / per_layer_dim**0.5).to(dtype)
-    post_ple_weight = (1 + 0.1 * torch.randn(hidden, generator=gen)).to(dtype)
-    layer_scalar = torch.tensor([0.25], dtype=dtype)
-
-    h = pt.rmsnorm_add(x, post_ff_weight, residual, EPS)
-    g = pt.gelu_tanh_mul(F.linear(h, gate_w), ple)
-    out = pt.rmsnorm_add_scale(F.linear(g, proj_w), post_ple_weight, h, layer_scalar, EPS)
-
-    ref = pt.ple_tail_reference(
-        x, residual, ple,
-        post_ff_weight=post_ff_weight, post_ff_eps=EPS,
-        gate_gemm=lambda t: F.linear(t, gate_w), projection_gemm=lambda t: F.linear(t, proj_w),
-        post_ple_weight=post_ple_weight, post_ple_eps=EPS, layer_scalar=layer_scalar,
+    x, post_ff_weight, residual = make_norm_inputs(3, 1536, torch.bfloat16, adversarial=False, seed=5)
+    out, ref, h, post_ple_weight = whole_tail(
+        x, post_ff_weight, residual, per_layer_dim=256, num_layers=4, layer=1, gen=torch.Generator().manual_seed(5)
     )
     assert_matches_reference(out, ref, magnitude=0.25 * operand_magnitude(h, post_ple_weight))
 

@@ -11,12 +11,12 @@ import torch
 import torch.nn.functional as F
 
 from sglang_gemma4.kernels import ple_tail as pt
+from tests.ple_tail_checks import EPS, whole_tail
 
 pytestmark = pytest.mark.gpu
 
 DTYPES = [torch.bfloat16, torch.float16, torch.float32]
 ULP = {torch.bfloat16: 2.0**-7, torch.float16: 2.0**-10, torch.float32: 2.0**-22}
-EPS = 1e-6
 TOKENS = [1, 3, 17, 256, 4096]
 HIDDEN = [128, 1536, 2560, 1001]
 
@@ -203,24 +203,10 @@ def test_gelu_tanh_mul_matches_torch_cuda_gelu(dtype: torch.dtype) -> None:
 @pytest.mark.parametrize("hidden", [1536, 2560])
 @pytest.mark.parametrize("tokens", [1, 256, 4096])
 def test_whole_tail_matches_reference(tokens: int, hidden: int) -> None:
-    dtype, per_layer_dim, num_layers = torch.bfloat16, 256, 35
+    x, post_ff_weight, residual = norm_inputs(tokens, hidden, torch.bfloat16, adversarial=False, seed=tokens)
     gen = torch.Generator(device="cuda").manual_seed(tokens + hidden)
-    x, post_ff_weight, residual = norm_inputs(tokens, hidden, dtype, adversarial=False, seed=tokens)
-    per_layer_inputs = torch.randn(tokens, num_layers, per_layer_dim, device="cuda", generator=gen).to(dtype)
-    ple = per_layer_inputs[:, 4, :]
-    gate_w = (torch.randn(per_layer_dim, hidden, device="cuda", generator=gen) / hidden**0.5).to(dtype)
-    proj_w = (torch.randn(hidden, per_layer_dim, device="cuda", generator=gen) / per_layer_dim**0.5).to(dtype)
-    post_ple_weight = (1 + 0.1 * torch.randn(hidden, device="cuda", generator=gen)).to(dtype)
-    layer_scalar = torch.tensor([0.25], dtype=dtype, device="cuda")
-
-    h = pt.rmsnorm_add(x, post_ff_weight, residual, EPS)
-    g = pt.gelu_tanh_mul(F.linear(h, gate_w), ple)
-    out = pt.rmsnorm_add_scale(F.linear(g, proj_w), post_ple_weight, h, layer_scalar, EPS)
-    ref = pt.ple_tail_reference(
-        x, residual, ple,
-        post_ff_weight=post_ff_weight, post_ff_eps=EPS,
-        gate_gemm=lambda t: F.linear(t, gate_w), projection_gemm=lambda t: F.linear(t, proj_w),
-        post_ple_weight=post_ple_weight, post_ple_eps=EPS, layer_scalar=layer_scalar,
+    out, ref, h, post_ple_weight = whole_tail(
+        x, post_ff_weight, residual, per_layer_dim=256, num_layers=35, layer=4, gen=gen
     )
     # A rare flip in h changes a GEMM input, which can move several outputs of that row.
     assert_matches_reference(out, ref, magnitude=0.25 * magnitude(h, post_ple_weight), max_mismatch=0.05)
