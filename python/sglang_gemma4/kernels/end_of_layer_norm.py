@@ -44,7 +44,7 @@ Traffic: one pass over each input row from DRAM, two output rows written,
 weights from L2. Two kernels compute it:
 
 * rows: one program holds ``ROWS`` whole rows in registers (padded to a power
-  of two), every load issued at once (the latency-bound decode sizes);
+  of two), each element loaded once (the latency-bound decode sizes);
 * chunks: one row per program, ``CHUNK`` columns at a time, in passes (the
   first unrolled, all its loads in flight; the later ones unrolled too or, by
   the launch's ``unroll``, loops), one cross-thread reduction per pass; few

@@ -477,7 +477,7 @@ def _require(problem: str | None) -> None:
 # +0.1-0.3 us at 1-512 rows (E2B 1: 4.10 -> 4.27), E4B 1024 rows 12.1 -> 15.9,
 # the triple norm at 2816 x 1 2.31 -> 2.49 and 5376 x 1 3.20 -> 3.78. So the
 # overlap of the reduction with the later loads is worth more than one trip.
-
+#
 # Exact rows (kernel "exact", measured in the third sweep below):
 # the row kernel pads 1536 to 2048 lanes and 2560 to 4096 (25% / 37.5% of the
 # lanes idle, more registers per row, fewer rows in flight per SM). Compiled

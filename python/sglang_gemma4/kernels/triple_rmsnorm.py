@@ -48,8 +48,8 @@ was reverted for a bf16 routing regression; matching the rounding points is
 what keeps the selected experts the same.)
 
 Two kernels, both reading each row once (attn_out, residual) and writing it
-four (two) times, the minimum DRAM traffic: whole rows held in registers with
-every load issued at once, a row as power-of-two segments that add up to it
+four (two) times, the minimum DRAM traffic: whole rows held in registers, each
+element loaded once, a row as power-of-two segments that add up to it
 (no idle lanes) or padded to a power of two; and one row per program walked in
 chunks over three passes, re-reading from cache, whose small register
 footprint keeps many rows in flight per SM. :func:`launch_config` picks the
@@ -267,7 +267,9 @@ def _triple_norm_row_kernel(
     USE_PDL: tl.constexpr = False,
 ):
     """``ROWS`` whole rows per program, held in registers: each element is loaded
-    once and every load is issued up front (the latency-bound decode sizes).
+    once (the latency-bound decode sizes). ptxas issues the residual's and the
+    weights' loads once ``x`` has arrived, so they overlap the first reduction;
+    issuing them all at once measured slower (see ple_tail's launch notes).
 
     A row is held as up to three power-of-two segments of ``SEG0``, ``SEG1``,
     ``SEG2`` columns (0: none), so that a row like 2816 = 2048 + 512 + 256 has
