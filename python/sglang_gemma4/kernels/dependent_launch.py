@@ -41,9 +41,9 @@ above (:data:`AUTO_MAX_ROWS`). In the third run it saved per layer 0.9-1.0 us
 (26B-A4B), 2.3-2.4 (31B) and 0.6-1.1 (E2B, E4B) at batch 1-32, 0.8-1.1 in E2B
 KV-shared and E4B layers at 128, and lost 0.9 in E2B's non-shared layers at
 128 (results/dependent_launch.json). ``SGLANG_GEMMA4_PDL=1`` launches every
-kernel with PDL, ``=0`` none. Never on devices older than sm_90 (no
-``griddepcontrol``), with a Triton that cannot launch with it, or under
-Triton's interpreter (CPU tests).
+kernel with PDL, ``=0`` none. Never on NVIDIA devices older than sm_90 (no
+``griddepcontrol``), on ROCm, with a Triton that cannot launch with it, or
+under Triton's interpreter (CPU tests).
 
 Imports torch and triton only.
 """
@@ -151,7 +151,8 @@ def triton_supports_pdl() -> bool:
 
 @functools.lru_cache(maxsize=None)
 def _device_supports_pdl(index: int) -> bool:
-    return torch.cuda.get_device_capability(index) >= MIN_CAPABILITY
+    # ROCm reports its own capabilities through the same call (MI300: 9.4).
+    return torch.version.hip is None and torch.cuda.get_device_capability(index) >= MIN_CAPABILITY
 
 
 def launch_kwargs(t: torch.Tensor, family: str, rows: int, width: int) -> dict[str, bool]:
