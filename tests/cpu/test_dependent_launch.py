@@ -24,6 +24,7 @@ from sglang_gemma4.kernels import end_of_layer_norm as eol
 from sglang_gemma4.kernels import ple_tail as pt
 from sglang_gemma4.kernels import qkv_norm_rope as qnr
 from sglang_gemma4.kernels import triple_rmsnorm as tri
+from tests.cpu.harness import run_python
 
 
 @pytest.mark.parametrize(
@@ -37,6 +38,16 @@ def test_env_modes(raw, mode):
 def test_env_typo_is_an_error_that_says_what_to_use():
     with pytest.raises(ValueError, match="use 1 .*0 .*auto"):
         dl.mode_from_env("enabled")
+
+
+def test_a_typo_in_the_environment_warns_and_keeps_auto():
+    r = run_python(
+        "from sglang_gemma4.kernels import dependent_launch as d; print('MODE', d.mode())",
+        env={"SGLANG_GEMMA4_PDL": "enabled"},
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "MODE auto" in r.stdout
+    assert "SGLANG_GEMMA4_PDL='enabled': use 1" in r.stderr
 
 
 def test_dependent_launch_block_sets_and_restores():

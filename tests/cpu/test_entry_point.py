@@ -23,12 +23,15 @@ def test_entry_point_is_listed():
 
 
 def test_load_plugins_applies_the_plugin():
-    r = run_python(PROBE, env={"SGLANG_GEMMA4_DISABLE": "<unset>", "SGLANG_PLUGINS": "<unset>"})
+    r = run_python(
+        PROBE, env={"SGLANG_GEMMA4_DISABLE": "<unset>", "SGLANG_PLUGINS": "<unset>", "SGLANG_GEMMA4_PDL": "<unset>"}
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert "HOOKED True" in r.stdout and "ROUTER_SCALE_HONOURED True" in r.stdout
     summary = [l for l in r.stderr.splitlines() if "[sglang-gemma4]" in l and "applied:" in l]
     assert len(summary) == 1, r.stderr[-3000:]
     assert "router_scale" in summary[0]
+    assert "programmatic dependent launch where measured faster (SGLANG_GEMMA4_PDL=auto)" in summary[0]
 
 
 def test_disable_all_leaves_sglang_untouched():
