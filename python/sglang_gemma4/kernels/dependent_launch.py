@@ -40,8 +40,9 @@ Hence the default, ``auto``: PDL exactly for the families, widths and batches
 above (:data:`AUTO_MAX_ROWS`). In the third run it saved per layer 0.9-1.0 us
 (26B-A4B), 2.3-2.4 (31B) and 0.6-1.1 (E2B, E4B) at batch 1-32, 0.8-1.1 in E2B
 KV-shared and E4B layers at 128, and lost 0.9 in E2B's non-shared layers at
-128 (results/dependent_launch.json). Where it launches nothing with PDL, the
-same run read up to 0.7 us either way: the noise of this measurement. ``SGLANG_GEMMA4_PDL=1`` launches every
+128 (results/dependent_launch.json). Where it launches nothing with PDL it
+read 0.05-0.73 us slower than no PDL in the same run: the drift between the
+entries of one timing run. ``SGLANG_GEMMA4_PDL=1`` launches every
 kernel with PDL, ``=0`` none. Never on NVIDIA devices older than sm_90 (no
 ``griddepcontrol``), on ROCm, with a Triton that cannot launch with it, or
 under Triton's interpreter (CPU tests).
