@@ -569,6 +569,7 @@ def _launch(
         eps,
     )
     bf16_by_bits = triton_interpreting() and x.dtype == torch.bfloat16
+    pdl = launch_kwargs(x, "end_of_layer", n_rows, hidden)
     if launch.block_h < 1 or launch.block_h & (launch.block_h - 1):
         raise ValueError(f"block_h must be a power of two: {launch}")
     if launch.unroll < 0 or (launch.kernel == "row" and launch.unroll):
@@ -581,15 +582,14 @@ def _launch(
             raise ValueError(f"the row kernel needs block_h >= hidden ({hidden}): {launch}")
         _end_of_layer_norm_kernel[(triton.cdiv(n_rows, rows),)](
             *args, MODE=mode, ROWS=rows, BLOCK_H=launch.block_h, BF16_RNE_BY_BITS=bf16_by_bits,
-            num_warps=launch.num_warps, **launch_kwargs(x, "end_of_layer", n_rows, hidden),
+            num_warps=launch.num_warps, **pdl,
         )
     elif launch.kernel == "chunked":
         if launch.rows_per_program != 1:
             raise ValueError(f"the chunked kernel takes one row per program: {launch}")
         _end_of_layer_norm_chunked_kernel[(n_rows,)](
             *args, MODE=mode, CHUNK=launch.block_h, NUM_CHUNKS=triton.cdiv(hidden, launch.block_h),
-            UNROLL=launch.unroll, BF16_RNE_BY_BITS=bf16_by_bits, num_warps=launch.num_warps,
-            **launch_kwargs(x, "end_of_layer", n_rows, hidden),
+            UNROLL=launch.unroll, BF16_RNE_BY_BITS=bf16_by_bits, num_warps=launch.num_warps, **pdl,
         )
     else:
         raise ValueError(f"unknown kernel {launch.kernel!r}")

@@ -661,9 +661,10 @@ def _launch_norm(
         x, weight, residual, x if scale is None else scale, out,  # scale_ptr unread without a scale
         n_rows, n_cols, x.stride(0), residual.stride(0), out.stride(0), eps,
     )
-    hints = {
+    options = {
         "ACT_EVICT": "evict_first" if launch.stream_hints else "",
         "W_EVICT": "evict_last" if launch.stream_hints else "",
+        **launch_kwargs(x, "ple_tail", n_rows, n_cols),
     }
     if launch.kernel == "row":
         if launch.block < n_cols:
@@ -675,8 +676,7 @@ def _launch_norm(
             BLOCK=launch.block,
             BF16_RNE_BY_BITS=bf16_rne_by_bits,
             num_warps=launch.num_warps,
-            **hints,
-            **launch_kwargs(x, "ple_tail", n_rows, n_cols),
+            **options,
         )
     elif launch.kernel == "exact":
         segments = exact_row_segments(n_cols)
@@ -697,8 +697,7 @@ def _launch_norm(
             LANES=lanes,
             BF16_RNE_BY_BITS=bf16_rne_by_bits,
             num_warps=launch.num_warps,
-            **hints,
-            **launch_kwargs(x, "ple_tail", n_rows, n_cols),
+            **options,
         )
     elif launch.kernel == "looped":
         if launch.rows_per_program != 1:
@@ -710,8 +709,7 @@ def _launch_norm(
             NUM_CHUNKS=triton.cdiv(n_cols, launch.block),
             BF16_RNE_BY_BITS=bf16_rne_by_bits,
             num_warps=launch.num_warps,
-            **hints,
-            **launch_kwargs(x, "ple_tail", n_rows, n_cols),
+            **options,
         )
     else:
         raise ValueError(f"unknown kernel {launch.kernel!r}")
