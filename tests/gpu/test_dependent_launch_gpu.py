@@ -20,6 +20,7 @@ from sglang_gemma4.kernels import end_of_layer_norm as eol
 from sglang_gemma4.kernels import ple_tail as pt
 from sglang_gemma4.kernels import qkv_norm_rope as qnr
 from sglang_gemma4.kernels import triple_rmsnorm as tri
+from tests.qkv_norm_rope_checks import cos_sin_cache
 
 pytestmark = pytest.mark.gpu
 
@@ -46,10 +47,7 @@ class Chain:
         self.w_q, self.w_k = randn(HEAD_DIM, scale=0.1) + 1, randn(HEAD_DIM, scale=0.1) + 1
         self.scalar = torch.tensor([0.7], device="cuda", dtype=dtype)
         self.positions = torch.randint(0, 4096, (tokens,), device="cuda", generator=gen)
-        angles = torch.arange(4096, device="cuda", dtype=torch.float32)[:, None] / (
-            10000.0 ** (torch.arange(0, HEAD_DIM, 2, device="cuda", dtype=torch.float32) / HEAD_DIM)
-        )
-        self.cos_sin_cache = torch.cat((angles.cos(), angles.sin()), dim=-1)
+        self.cos_sin_cache = cos_sin_cache(4096, HEAD_DIM).cuda()
 
     def run(self) -> list[torch.Tensor]:
         w = self.norms
