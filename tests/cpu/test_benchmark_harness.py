@@ -25,32 +25,52 @@ def test_sweep_scripts_import(script):
     importlib.import_module(script)
 
 
-def test_timed_rows_time_each_impl_then_add_the_floor(monkeypatch):
-    timed_together = []
+def test_timed_rows_time_each_impl_in_every_layout_then_add_the_floor(monkeypatch):
+    timed_together, pads, built = [], [], []
 
     def interleaved(fns_by_name):
         timed_together.append(sorted(fns_by_name))
-        return {name: 10.0 * len(fns) + fns[0]() for name, fns in fns_by_name.items()}
+        # the layout (how many set lists exist) moves every impl's time
+        return {name: 10.0 * len(fns) + fns[0]() + 3 * (len(built) % 3) for name, fns in fns_by_name.items()}
+
+    def make_sets():
+        built.append([1, 2])
+        return built[-1]
 
     monkeypatch.setattr(harness, "graph_us_interleaved", interleaved)
     monkeypatch.setattr(harness, "count_launches", lambda fn: fn() // 1)
+    monkeypatch.setattr(harness, "layout_pad", pads.append)
     impls = {"fused": lambda s: s, "sglang": lambda s: 4 * s, "unused": None}
     rows = harness.timed_rows(
-        impls, ["fused", "sglang"], [1, 2], {"tokens": 8}, nbytes=4_200_000, copy_bw=4.2, bytes_of={"sglang": 7}
+        impls, ["fused", "sglang"], make_sets, {"tokens": 8}, nbytes=4_200_000, copy_bw=4.2,
+        bytes_of={"sglang": 7}, layouts=3,
     )
+    assert pads == [0, 1, 2] and len(built) == 3  # a pad, then fresh sets, per layout
     assert rows == [
-        {"tokens": 8, "impl": "fused", "us": 21.0, "launches": 1, "bytes": 4_200_000},
-        {"tokens": 8, "impl": "sglang", "us": 24.0, "launches": 4, "bytes": 7},
+        {"tokens": 8, "impl": "fused", "us": 24.0, "us_layouts": [24.0, 27.0, 21.0], "launches": 1, "bytes": 4_200_000},
+        {"tokens": 8, "impl": "sglang", "us": 27.0, "us_layouts": [27.0, 30.0, 24.0], "launches": 4, "bytes": 7},
         {"tokens": 8, "impl": "floor", "us": 1.0, "launches": 0, "bytes": 4_200_000},
     ]
-    assert timed_together == [["fused", "sglang"]]  # one interleaved measurement, unused impls left out
+    assert timed_together == [["fused", "sglang"]] * 3  # interleaved per layout, unused impls left out
+
+
+def test_layout_pads_differ_between_layouts_and_repeat_between_runs():
+    sizes = [harness.random.Random(layout).randrange(1, harness._PAD_STEPS) for layout in range(harness.LAYOUTS)]
+    assert len(set(sizes)) == harness.LAYOUTS
+    assert sizes == [harness.random.Random(layout).randrange(1, harness._PAD_STEPS) for layout in range(harness.LAYOUTS)]
 
 
 def test_against_baselines():
     line = harness.against_baselines({n: {"us": us} for n, us in
                                       [("fused", 2.0), ("sglang", 5.0), ("torch_compile", 3.0), ("floor", 1.5)]})
     assert line == {"fused_us": 2.0, "sglang_us": 5.0, "compile_us": 3.0, "floor_us": 1.5,
-                    "copy_pct": 75.0, "x_sglang": 2.5, "x_compile": 1.5}
+                    "copy_pct": 75.0, "x_sglang": 2.5, "x_compile": 1.5, "x_compile_worst": 1.5}
+
+
+def test_against_baselines_worst_layout_pairs_the_two_within_a_layout():
+    impls = {"fused": {"us": 2.0, "us_layouts": [2.0, 1.0, 3.0]}, "sglang": {"us": 5.0},
+             "torch_compile": {"us": 3.0, "us_layouts": [3.0, 0.9, 3.6]}, "floor": {"us": 1.5}}
+    assert harness.against_baselines(impls)["x_compile_worst"] == pytest.approx(0.9)
 
 
 def test_graph_us_interleaved_times_entries_in_turns_behind_a_spin(monkeypatch):
