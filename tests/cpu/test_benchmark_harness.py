@@ -20,7 +20,10 @@ def test_precompile_hands_every_job_to_exactly_one_process(capsys):
     assert "precompiled 10 jobs in 2 processes (10 failed)" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("script", ["sweep_triple_rmsnorm", "sweep_ple_tail", "sweep_end_of_layer_norm"])
+@pytest.mark.parametrize(
+    "script",
+    ["sweep_triple_rmsnorm", "sweep_ple_tail", "sweep_end_of_layer_norm", "sweep_stream_hints", "sweep_ple_tail_in_context"],
+)
 def test_sweep_scripts_import(script):
     importlib.import_module(script)
 

@@ -195,13 +195,17 @@ def test_norm_launch_table(n_cols: int) -> None:
 def test_norm_launch_crossovers() -> None:
     """Where the measured tables switch kernels: 1536-wide rows take exact rows at 257-1024
     rows and stay on row tiles up to 16383 rows (measured faster at 8192); 2560-wide rows
-    take exact rows at every size but 513-1024 and never loop; unmeasured widths loop from 8192."""
-    assert pt.norm_launch(1536, 256).kernel == "row" and pt.norm_launch(1536, 257) == pt.NormLaunch("exact", 1536, 2, 8)
+    take exact rows at every size but 513-1024 and never loop; unmeasured widths loop from
+    8192. Eviction hints from 257 rows up to the largest measured buckets."""
+    assert pt.norm_launch(1536, 256) == pt.NormLaunch("row", 2048, 1, 8)
+    assert pt.norm_launch(1536, 257) == pt.NormLaunch("exact", 1536, 2, 8, stream_hints=True)
+    assert pt.norm_launch(2560, 256) == pt.NormLaunch("exact", 2560, 1, 8)
+    assert pt.norm_launch(2560, 257) == pt.NormLaunch("exact", 2560, 1, 8, stream_hints=True)
+    assert pt.norm_launch(2560, 1024) == pt.NormLaunch("row", 4096, 4, 16, stream_hints=True)
     assert pt.norm_launch(1536, 1025) == pt.NormLaunch("row", 2048, 4, 8, stream_hints=True)
     assert pt.norm_launch(1536, 8192) == pt.NormLaunch("row", 2048, 2, 4, stream_hints=True)
     assert pt.norm_launch(1536, 16384).kernel == "looped"
     assert pt.norm_launch(2560, 1) == pt.NormLaunch("exact", 2560, 1, 8)
-    assert pt.norm_launch(2560, 1024).kernel == "row"
     assert pt.norm_launch(2560, 4096) == pt.NormLaunch("exact", 2560, 1, 8, stream_hints=True)
     assert pt.norm_launch(2560, 1 << 20) == pt.NormLaunch("exact", 2560, 1, 8)
     assert pt.looped_min_rows(4096) == pt.LOOPED_MIN_ROWS

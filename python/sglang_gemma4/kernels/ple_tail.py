@@ -538,19 +538,32 @@ class TileLaunch(NamedTuple):
 # * gelu_tanh_mul above 2048 rows: 2048-element tiles at 8 per thread (8 warps),
 #   no hints: 2.45-2.47 us vs 3.21 at 4096 rows (8 rotated input sets of 6 MB,
 #   as above); the E2B tail with these choices 22.19 us vs the table's 22.35.
+# * Eviction hints in context (session 5 of 2026-11-29, same machine and
+#   versions; benchmarks/sweep_ple_tail_in_context.py and sweep_stream_hints.py,
+#   results/ of the same names: the whole tail as the benchmark times it, in
+#   harness.LAYOUTS memory layouts, the range of the per-layout medians):
+#   the sweeps above timed each kernel alone, where the 8 rotated input sets
+#   stay in L2 across replays and evict_first only throws hits away. In the
+#   tail, where the sets no longer fit, hints win from 257 rows: E2B 512
+#   6.24-6.31 us in every layout vs 6.47-7.10 without (torch.compile
+#   6.61-7.27), 768 7.23-7.27 vs 8.04-8.13, 1024 8.16-8.23 vs 9.13-9.21; E4B
+#   384 6.75-6.81 vs 7.44-7.64, 512 7.53-7.57 vs 8.47-8.53, 1024 10.95-11.06
+#   vs 12.00-12.08; E2B 384 5.70-5.82 vs 5.63-6.24 (a tie, steadier). At
+#   128-256 rows they were even (within +-0.1).
 # The measured widths: (max n_rows, launch) buckets, the first that holds n_rows wins.
 _ALL_ROWS = 1 << 62
 _NORM_TABLE: dict[int, tuple[tuple[int, NormLaunch], ...]] = {
     1536: (
         (256, NormLaunch("row", 2048, 1, 8)),
-        (1024, NormLaunch("exact", 1536, 2, 8)),
+        (1024, NormLaunch("exact", 1536, 2, 8, stream_hints=True)),
         (2048, NormLaunch("row", 2048, 4, 8, stream_hints=True)),
         (8191, NormLaunch("row", 2048, 2, 8, stream_hints=True)),
         (16383, NormLaunch("row", 2048, 2, 4, stream_hints=True)),
     ),
     2560: (
-        (512, NormLaunch("exact", 2560, 1, 8)),
-        (1024, NormLaunch("row", 4096, 4, 16)),
+        (256, NormLaunch("exact", 2560, 1, 8)),
+        (512, NormLaunch("exact", 2560, 1, 8, stream_hints=True)),
+        (1024, NormLaunch("row", 4096, 4, 16, stream_hints=True)),
         (2048, NormLaunch("exact", 2560, 2, 8, stream_hints=True)),
         (8191, NormLaunch("exact", 2560, 1, 8, stream_hints=True)),
         (_ALL_ROWS, NormLaunch("exact", 2560, 1, 8)),
@@ -574,8 +587,8 @@ def norm_launch(n_cols: int, n_rows: int) -> NormLaunch:
     elements: the looped kernel. Else the measured table for hidden 1536/2560,
     and for other widths (not measured) the same buckets at 16 elements per
     thread: one row per program up to 512
-    rows, four up to 2048, two above (at most 16384 elements per program).
-    Eviction hints only for the row tiles above 2048 rows.
+    rows, four up to 2048, two above (at most 16384 elements per program),
+    eviction hints above 2048 rows (the measured widths take them from 257).
     """
     if n_rows >= looped_min_rows(n_cols) and n_cols > LOOP_CHUNK:
         return NormLaunch("looped", LOOP_CHUNK, 1, LOOP_CHUNK // 256)

@@ -571,18 +571,31 @@ def row_lanes(segments: tuple[int, int, int], num_warps: int) -> int:
 #   Rolled chunk loops (Inductor's shape, 40 registers) measured 286.7 and 295.2
 #   at 16384 and lost elsewhere; the launch option stays for sweeps.
 
+# Eviction hints, 4 outputs (session 5 of 2026-11-29, same machine and
+# versions; benchmarks/sweep_stream_hints.py, results/sweep_stream_hints.json:
+# the benchmark's timing in harness.LAYOUTS memory layouts, us as the range of
+# the per-layout medians, with vs without): 5376 x 256 6.62-6.73 vs
+# 6.87-7.08, x 512 10.73-10.88 vs 11.08-11.19 (compile 10.97-11.07), x 1024
+# 20.63-20.98 vs 20.99-21.37, x 4096 72.80-73.24 vs 74.74-75.32; 2816 x 512
+# 5.53-5.66 vs 5.65-5.76, x 1024 9.59-9.72 vs 9.73-9.83, but x 256 3.50-3.58
+# vs 3.45-3.54 and x 4096 37.65-38.28 vs 37.35-37.67 (off there). The sweeps'
+# "hints lose" was measured with each kernel alone, where its rotated inputs
+# stayed in L2 across replays. 5376 at 8192 and 16384 rows takes the hints
+# unswept; the benchmark then measured 142.6 and 279.2 us (147.5 and 289.9
+# without, session 3's run).
 # (outputs, hidden) -> (max n_rows, launch) buckets, the first that holds n_rows wins.
 _ALL_ROWS = 1 << 62
 _LAUNCH_TABLE: dict[tuple[int, int], tuple[tuple[int, TripleNormLaunch], ...]] = {
     (4, 2816): (
-        (1024, TripleNormLaunch("row", 2816, 1, 8, paired_sums=True)),
+        (256, TripleNormLaunch("row", 2816, 1, 8, paired_sums=True)),
+        (1024, TripleNormLaunch("row", 2816, 1, 8, stream_hints=True, paired_sums=True)),
         (4096, TripleNormLaunch("row", 2816, 1, 8)),
         (_ALL_ROWS, TripleNormLaunch("chunked", 1024, 1, 4)),
     ),
     (4, 5376): (
         (128, TripleNormLaunch("row", 8192, 1, 8, paired_sums=True)),
-        (256, TripleNormLaunch("row", 5376, 1, 8, paired_sums=True)),
-        (_ALL_ROWS, TripleNormLaunch("chunked", 2048, 1, 8)),
+        (256, TripleNormLaunch("row", 5376, 1, 8, stream_hints=True, paired_sums=True)),
+        (_ALL_ROWS, TripleNormLaunch("chunked", 2048, 1, 8, stream_hints=True)),
     ),
     (2, 1536): ((_ALL_ROWS, TripleNormLaunch("row", 1536, 1, 4)),),
     (2, 2560): ((_ALL_ROWS, TripleNormLaunch("row", 2560, 1, 8)),),
