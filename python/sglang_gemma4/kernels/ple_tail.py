@@ -477,6 +477,13 @@ def _require(problem: str | None) -> None:
 # +0.1-0.3 us at 1-512 rows (E2B 1: 4.10 -> 4.27), E4B 1024 rows 12.1 -> 15.9,
 # the triple norm at 2816 x 1 2.31 -> 2.49 and 5376 x 1 3.20 -> 3.78. So the
 # overlap of the reduction with the later loads is worth more than one trip.
+# Session 5 (same machine): a bulk L2 prefetch (cp.async.bulk.prefetch.L2,
+# one thread per program, issued before x's load) of the residual rows, and
+# of the weights, so that the later loads hit L2. Slower or even everywhere:
+# the E2B tail at 1 row 4.10 -> 4.33 us (residual) / 4.10 (both), at 512 rows
+# 6.71 -> 6.97 / 7.06; the triple norm 2816 x 1 2.30 -> 2.29 / 2.42, 5376 x 1
+# 3.26 -> 3.21 / 3.38, slower from 128 rows. Not kept: the decode sizes do
+# not wait on the second trip to DRAM.
 #
 # Exact rows (kernel "exact", measured in the third sweep below):
 # the row kernel pads 1536 to 2048 lanes and 2560 to 4096 (25% / 37.5% of the

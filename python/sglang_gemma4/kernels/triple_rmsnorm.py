@@ -570,6 +570,14 @@ def row_lanes(segments: tuple[int, int, int], num_warps: int) -> int:
 #   76.3 (82.8, compile 78.9), 16384 290.1-290.6 (303.0, compile 295.2).
 #   Rolled chunk loops (Inductor's shape, 40 registers) measured 286.7 and 295.2
 #   at 16384 and lost elsewhere; the launch option stays for sweeps.
+#
+# Tried in session 5 (same machine), for the decode ratio to one plain RMSNorm:
+# a row split over 2-8 programs (each recomputing the row's sums from the
+# whole row, storing only its slice; r out of place, since a slice written in
+# place would be read as residual by the row's other programs). 5376 x 1
+# 3.25 -> 2.95 us, but 2816 x 1 2.30 -> 2.44, the 2-output 5376 x 1 2.41 ->
+# 2.44, and slower at every width from 32 rows; no model has the 4-output 5376
+# width, so not kept. (Bulk L2 prefetch: see ple_tail's launch notes.)
 
 # Eviction hints, 4 outputs (session 5 of 2026-11-29, same machine and
 # versions; benchmarks/sweep_stream_hints.py, results/sweep_stream_hints.json:
