@@ -574,10 +574,11 @@ def row_lanes(segments: tuple[int, int, int], num_warps: int) -> int:
 # Tried in session 5 (same machine), for the decode ratio to one plain RMSNorm:
 # a row split over 2-8 programs (each recomputing the row's sums from the
 # whole row, storing only its slice; r out of place, since a slice written in
-# place would be read as residual by the row's other programs). 5376 x 1
-# 3.25 -> 2.95 us, but 2816 x 1 2.30 -> 2.44, the 2-output 5376 x 1 2.41 ->
-# 2.44, and slower at every width from 32 rows; no model has the 4-output 5376
-# width, so not kept. (Bulk L2 prefetch: see ple_tail's launch notes.)
+# place would be read as residual by the row's other programs). 5376 at 1-32
+# rows 3.25-3.46 -> 2.95-3.37 us, slower from 64; 2816 slower at every size
+# (x 1 2.30 -> 2.44); the 2-output 5376 even or slower (x 1 2.41 -> 2.44). No
+# model has the 4-output 5376 width, so not kept. (Bulk L2 prefetch: see
+# ple_tail's launch notes.)
 
 # Eviction hints, 4 outputs (session 5 of 2026-11-29, same machine and
 # versions; benchmarks/sweep_stream_hints.py, results/sweep_stream_hints.json:
