@@ -4,7 +4,9 @@ For Gemma-4 E2B (hidden 1536) and E4B (hidden 2560), per_layer_dim 256, bf16,
 and each token count, every candidate config of each kernel is checked against
 the kernel's fp32 reference (output poisoned first), then timed alone under
 CUDA-graph replay (benchmarks/harness.py: median us per call over rotated input
-sets; at most 8 sets, so below ~1000 tokens they fit in L2 together).
+sets; at most 8 sets, so below ~1000 tokens they fit in L2 together, and
+eviction hints only lose hits there: sweep_stream_hints.py judges the hints
+in context, where they won from 257 rows).
 
 Norm candidates: padded rows (the row kernel, block the next power of two) and
 exact rows (the "exact" kernel: the row as power-of-two segments, no idle

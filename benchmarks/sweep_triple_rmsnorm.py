@@ -5,7 +5,9 @@ Both modes, bf16: the 4-output triple of the MoE layer at hidden 2816
 dense and PLE layers at 1536 (E2B), 2560 (E4B) and 5376 (31B). For each token
 count, every candidate launch of both kernels is checked against the mode's
 fp32 reference, then timed alone under CUDA-graph replay (benchmarks/harness.py
-``graph_us``: median us per call over rotated input sets), next to the
+``graph_us``: median us per call over rotated input sets, which at decode sizes
+stay in L2 across replays, so eviction hints are judged in context by
+sweep_stream_hints.py instead), next to the
 yardsticks of benchmarks/benchmark_triple_rmsnorm.py (whose implementations
 this reuses): one plain RMSNorm launch, SGLang's launch sequence (4 or 2
 launches), ``torch.compile`` of the reference, and the floor (minimal bytes /
