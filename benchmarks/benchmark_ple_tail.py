@@ -87,10 +87,11 @@ def minimal_bytes(tokens: int, hidden: int) -> int:
     return norm_add + gelu_mul + norm_add_scale
 
 
-def fused(t: TailInputs) -> torch.Tensor:
-    h = pt.rmsnorm_add(t.x, t.post_ff_weight, t.residual, EPS)
-    pt.gelu_tanh_mul(t.gate, t.ple)
-    return pt.rmsnorm_add_scale(t.projected, t.post_ple_weight, h, t.layer_scalar, EPS)
+def fused(t: TailInputs, norm_launch: pt.NormLaunch | None = None, gelu_launch: pt.TileLaunch | None = None) -> torch.Tensor:
+    """Our three kernels; the launches override the module's tables for both norms / the gelu (sweeps)."""
+    h = pt.rmsnorm_add(t.x, t.post_ff_weight, t.residual, EPS, launch=norm_launch)
+    pt.gelu_tanh_mul(t.gate, t.ple, launch=gelu_launch)
+    return pt.rmsnorm_add_scale(t.projected, t.post_ple_weight, h, t.layer_scalar, EPS, launch=norm_launch)
 
 
 def sglang_sequence(t: TailInputs) -> torch.Tensor:

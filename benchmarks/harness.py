@@ -308,6 +308,14 @@ def write_results(
     return path
 
 
+def write_sweep(name: str, rows: list[dict]) -> Path:
+    """Write a sweep's rows to ``<name>.json`` with the environment (no plot)."""
+    path = out_dir() / f"{name}.json"
+    path.write_text(json.dumps({"env": environment(), "rows": rows}, indent=1) + "\n")
+    print(f"wrote {path}")
+    return path
+
+
 def plot_us_vs_tokens(
     rows: list[dict], path: Path, *, title: str, group_key: str = "model"
 ) -> None:

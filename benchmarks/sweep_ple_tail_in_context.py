@@ -5,7 +5,8 @@ The tail as benchmark_ple_tail.py times it, with the norm kernels' launch
 ``NORM_VARIANTS`` for both norm kernels) or the gelu kernel's launch
 (``GELU_VARIANTS``) replaced, against torch.compile of the references; each
 size in harness.LAYOUTS memory layouts (harness.timed_rows). Writes
-sweep_ple_tail_in_context.json (rows in the benchmark format; ``us_layouts``
+sweep_ple_tail_in_context.json (rows in the benchmark format, floor rows at a nominal 4.2
+TB/s, not measured; ``us_layouts``
 per layout).
 
 Run on the GPU machine (torch + triton + CUDA, no sglang)::
@@ -15,7 +16,6 @@ Run on the GPU machine (torch + triton + CUDA, no sglang)::
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from functools import partial
@@ -45,12 +45,6 @@ GELU_VARIANTS = {
 COPY_BW_TBPS = 4.2  # only for the floor rows
 
 
-def tail(t: bpt.TailInputs, norm: pt.NormLaunch | None = None, gelu: pt.TileLaunch | None = None):
-    h = pt.rmsnorm_add(t.x, t.post_ff_weight, t.residual, bpt.EPS, launch=norm)
-    pt.gelu_tanh_mul(t.gate, t.ple, launch=gelu)
-    return pt.rmsnorm_add_scale(t.projected, t.post_ple_weight, h, t.layer_scalar, bpt.EPS, launch=norm)
-
-
 def main() -> None:
     harness.allow_one_compile_per_shape()
     hidden, num_layers = bpt.MODELS["E2B"]
@@ -58,8 +52,8 @@ def main() -> None:
     started = time.perf_counter()
     for tokens in TOKENS:
         nbytes = bpt.minimal_bytes(tokens, hidden)
-        impls = {name: partial(tail, norm=launch) for name, launch in NORM_VARIANTS.items()}
-        impls.update({name: partial(tail, gelu=launch) for name, launch in GELU_VARIANTS.items()})
+        impls = {name: partial(bpt.fused, norm_launch=launch) for name, launch in NORM_VARIANTS.items()}
+        impls.update({name: partial(bpt.fused, gelu_launch=launch) for name, launch in GELU_VARIANTS.items()})
         impls["torch_compile"] = bpt.compiled_reference()
 
         def make_sets(tokens=tokens, nbytes=nbytes):
@@ -67,9 +61,7 @@ def main() -> None:
 
         rows += harness.timed_rows(impls, list(impls), make_sets, {"tokens": tokens}, nbytes, COPY_BW_TBPS)
         print(f"[{time.perf_counter() - started:6.1f}s] E2B {tokens} done", flush=True)
-    path = harness.out_dir() / "sweep_ple_tail_in_context.json"
-    path.write_text(json.dumps({"env": harness.environment(), "rows": rows}, indent=1) + "\n")
-    print(f"wrote {path}")
+    harness.write_sweep("sweep_ple_tail_in_context", rows)
 
 
 if __name__ == "__main__":

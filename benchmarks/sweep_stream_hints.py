@@ -12,7 +12,8 @@ Each size in harness.LAYOUTS memory layouts (harness.timed_rows). The kernel
 sweeps (sweep_ple_tail.py, sweep_triple_rmsnorm.py) time each kernel alone,
 where its few rotated input sets stay in L2 across replays and evict_first only
 throws hits away; here the inputs do not fit. Writes sweep_stream_hints.json
-(rows in the benchmark format, ``launch`` = the table's launch).
+(rows in the benchmark format, ``launch`` = the table's launch; the floor rows at a nominal
+4.2 TB/s, not measured).
 
 Run on the GPU machine (torch + triton + CUDA, no sglang)::
 
@@ -21,7 +22,6 @@ Run on the GPU machine (torch + triton + CUDA, no sglang)::
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from functools import partial
@@ -40,12 +40,6 @@ TRIPLE_TOKENS = {5376: (256, 512, 1024, 4096), 2816: (256, 512, 1024, 4096)}
 COPY_BW_TBPS = 4.2  # only for the floor rows; the comparison is between the timed rows
 
 
-def tail(t: bpt.TailInputs, launch: pt.NormLaunch | None = None):
-    h = pt.rmsnorm_add(t.x, t.post_ff_weight, t.residual, bpt.EPS, launch=launch)
-    pt.gelu_tanh_mul(t.gate, t.ple)
-    return pt.rmsnorm_add_scale(t.projected, t.post_ple_weight, h, t.layer_scalar, bpt.EPS, launch=launch)
-
-
 def main() -> None:
     harness.allow_one_compile_per_shape()
     rows: list[dict] = []
@@ -56,7 +50,11 @@ def main() -> None:
             nbytes = bpt.minimal_bytes(tokens, hidden)
             launch = pt.norm_launch(hidden, tokens)
             flipped = launch._replace(stream_hints=not launch.stream_hints)
-            impls = {"table": tail, "flip_hints": partial(tail, launch=flipped), "torch_compile": bpt.compiled_reference()}
+            impls = {
+                "table": bpt.fused,
+                "flip_hints": partial(bpt.fused, norm_launch=flipped),
+                "torch_compile": bpt.compiled_reference(),
+            }
 
             def make_sets(tokens=tokens, hidden=hidden, num_layers=num_layers, nbytes=nbytes):
                 return [bpt.TailInputs(tokens, hidden, num_layers, seed=i) for i in range(harness.input_sets(nbytes))]
@@ -81,9 +79,7 @@ def main() -> None:
             base = {"op": "triple", "hidden": hidden, "tokens": tokens, "launch": str(launch)}
             rows += harness.timed_rows(impls, list(impls), make_sets, base, nbytes, COPY_BW_TBPS)
             print(f"[{time.perf_counter() - started:6.1f}s] triple {hidden} {tokens} done", flush=True)
-    path = harness.out_dir() / "sweep_stream_hints.json"
-    path.write_text(json.dumps({"env": harness.environment(), "rows": rows}, indent=1) + "\n")
-    print(f"wrote {path}")
+    harness.write_sweep("sweep_stream_hints", rows)
 
 
 if __name__ == "__main__":
