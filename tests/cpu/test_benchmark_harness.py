@@ -22,7 +22,10 @@ def test_precompile_hands_every_job_to_exactly_one_process(capsys):
 
 @pytest.mark.parametrize(
     "script",
-    ["sweep_triple_rmsnorm", "sweep_ple_tail", "sweep_end_of_layer_norm", "sweep_stream_hints", "sweep_ple_tail_in_context"],
+    [
+        "sweep_triple_rmsnorm", "sweep_ple_tail", "sweep_end_of_layer_norm", "sweep_stream_hints",
+        "sweep_ple_tail_in_context", "benchmark_traffic_mix",
+    ],
 )
 def test_sweep_scripts_import(script):
     importlib.import_module(script)
