@@ -579,6 +579,17 @@ def row_lanes(segments: tuple[int, int, int], num_warps: int) -> int:
 # (x 1 2.30 -> 2.44); the 2-output 5376 even or slower (x 1 2.41 -> 2.44). No
 # model has the 4-output 5376 width, so not kept. (Bulk L2 prefetch: see
 # ple_tail's launch notes.)
+#
+# Prefill bandwidth (issue 8's 90% of copy): the traffic alone, 2 rows read and
+# 4 written with no reduction, reached 94.2/95.5/97.2% of copy at 2816 x
+# 4096/8192/16384 (benchmarks/benchmark_traffic_mix.py), against 81.0/85.7/88.7%
+# here. ptxas (sm_90, triton 3.8, offline): the exact 2816 row in 8 warps takes
+# 64 registers (4 programs, 4 rows in flight per SM), the 1024-column chunks in
+# 4 warps 53 (9 rows), the traffic kernel 16 at 16 warps (4 rows of 4096 lanes,
+# full occupancy). With as many rows in flight, what the norm loses is the
+# time a row spends in its two reductions with no load of its own in flight;
+# the untried candidate is a persistent kernel that issues the next row's
+# loads before this row's reductions.
 
 # Eviction hints, 4 outputs (session 5 of 2026-11-29, same machine and
 # versions; benchmarks/sweep_stream_hints.py, results/sweep_stream_hints.json:
