@@ -182,7 +182,7 @@ def main() -> None:
         "dependent_launch",
         rows,
         copy_bw=harness.copy_bandwidth_TBps(),
-        plot=lambda r, p: harness.plot_us_vs_tokens(r, p, title="layer kernels after their GEMMs (bf16)", group_key="layer"),
+        plot=lambda r, p: harness.plot_vs_tokens(r, p, title="layer kernels after their GEMMs (bf16)", group_key="layer"),
         extra={
             "impls": {
                 "pdl_off": "the plugin kernels launched without PDL, each after its GEMM (torch.matmul, cuBLAS)",

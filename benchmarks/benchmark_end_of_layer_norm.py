@@ -168,7 +168,7 @@ def main() -> None:
         "end_of_layer_norm",
         rows,
         copy_bw=copy_bw,
-        plot=partial(harness.plot_us_vs_tokens, title="end of layer + next input norm (bf16)"),
+        plot=partial(harness.plot_vs_tokens, title="end of layer + next input norm (bf16)"),
         extra={
             "dtype": "bfloat16",
             "notes": {

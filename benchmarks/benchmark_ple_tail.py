@@ -177,7 +177,7 @@ def main() -> None:
         "ple_tail",
         rows,
         copy_bw=copy_bw,
-        plot=partial(harness.plot_us_vs_tokens, title="PLE tail, non-GEMM part (bf16)"),
+        plot=partial(harness.plot_vs_tokens, title="PLE tail, non-GEMM part (bf16)"),
         extra={
             "dtype": "bfloat16",
             "notes": {

@@ -138,7 +138,7 @@ def main() -> None:
         "q_only_gemm",
         rows,
         copy_bw=copy_bw,
-        plot=partial(harness.plot_us_vs_tokens, title="KV-shared layer qkv GEMM (bf16)", group_key="shape"),
+        plot=partial(harness.plot_vs_tokens, title="KV-shared layer qkv GEMM (bf16)", group_key="shape"),
         extra={
             "dtype": "bfloat16",
             "gemm_tflops": round(tflops, 1),

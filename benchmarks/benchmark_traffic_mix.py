@@ -15,7 +15,6 @@ Run on the GPU machine (torch + triton + CUDA, no sglang)::
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from functools import partial
@@ -62,28 +61,15 @@ def move(ins: list[torch.Tensor], outs: list[torch.Tensor], reads: int, writes: 
     _mix_kernel[(tokens,)](*ins, *outs, hidden, READS=reads, WRITES=writes, BLOCK=block, num_warps=max(1, block // 256))
 
 
-def plot(rows: list[dict], path: Path) -> None:
-    """Fraction of copy bandwidth against tokens, one panel per width, one line per mix."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    widths = sorted({r["hidden"] for r in rows})
-    fig, axes = plt.subplots(1, len(widths), figsize=(6 * len(widths), 4.5), squeeze=False)
-    for ax, hidden in zip(axes[0], widths):
-        for mix in dict.fromkeys(r["mix"] for r in rows):
-            pts = sorted((r["tokens"], 100 * r["copy_fraction"]) for r in rows if r["mix"] == mix and r["hidden"] == hidden)
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=mix)
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("tokens")
-        ax.set_ylabel("% of measured copy bandwidth")
-        ax.set_title(f"read/write mix alone, hidden {hidden} (bf16)")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+plot = partial(
+    harness.plot_vs_tokens,
+    title="read/write mix alone (bf16), hidden",
+    group_key="hidden",
+    line_key="mix",
+    y_key="copy_fraction",
+    y_label="fraction of measured copy bandwidth",
+    log_y=False,
+)
 
 
 def main() -> None:
@@ -108,11 +94,7 @@ def main() -> None:
                              "us": round(us, 3), "bytes": nbytes,
                              "copy_fraction": round(nbytes / (us * 1e-6) / (copy_bw * 1e12), 4)})
                 print(rows[-1], f"[{time.perf_counter() - started:.0f}s]", flush=True)
-    path = harness.out_dir() / "traffic_mix.json"
-    path.write_text(json.dumps({"benchmark": "traffic_mix", **harness.environment(),
-                                "copy_bandwidth_TBps": round(copy_bw, 3), "rows": rows}, indent=1) + "\n")
-    plot(rows, path.with_suffix(".png"))
-    print(f"wrote {path}")
+    print(f"wrote {harness.write_results('traffic_mix', rows, copy_bw=copy_bw, plot=plot)}")
 
 
 if __name__ == "__main__":

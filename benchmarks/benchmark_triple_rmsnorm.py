@@ -338,7 +338,7 @@ def main() -> None:
         if mode.outputs == 4
         else ("triple_rmsnorm_norm_add", "Gemma-4 dense/PLE post-attention norm + add + norm (bf16)")
     )
-    write = partial(harness.write_results, name, copy_bw=copy_bw, plot=partial(harness.plot_us_vs_tokens, title=title))
+    write = partial(harness.write_results, name, copy_bw=copy_bw, plot=partial(harness.plot_vs_tokens, title=title))
     for model in models:
         hidden = mode.models[model]
         for tokens in args.tokens:

@@ -215,16 +215,16 @@ def timed_rows(
     the per-layout medians, ``us_layouts`` lists these; launches are counted on
     the first set. Rows are ``base`` plus impl, us, us_layouts, launches and
     bytes (``nbytes``, or ``bytes_of[name]`` where given)."""
-    held = []
+    pads, set_lists = [], []  # all kept alive, so that each layout lands elsewhere
     per_layout: dict[str, list[float]] = {name: [] for name in names}
     for layout in range(layouts):
-        held.append(layout_pad(layout))
-        sets = make_sets()
-        held.append(sets)
+        pads.append(layout_pad(layout))
+        set_lists.append(make_sets())
+        sets = set_lists[-1]
         times = graph_us_interleaved({name: [partial(impls[name], s) for s in sets] for name in names})
         for name in names:
             per_layout[name].append(round(times[name], 3))
-    first = held[1][0]
+    first = set_lists[0][0]
     rows = []
     for name in names:
         launches = count_launches(partial(impls[name], first))
@@ -291,12 +291,16 @@ def write_results(
     benchmark: str,
     rows: list[dict],
     *,
-    copy_bw: float,
+    copy_bw: float | None,
     plot: Callable[[list[dict], Path], None] | None = None,
     extra: dict | None = None,
 ) -> Path:
-    """Write ``<benchmark>.json`` (DESIGN.md section 9) and, if given, its plot."""
-    doc = {"benchmark": benchmark, **environment(), "copy_bandwidth_TBps": round(copy_bw, 3)}
+    """Write ``<benchmark>.json`` (DESIGN.md section 9) and, if given, its plot.
+    ``copy_bw``: the copy bandwidth measured in the run, None for a run that did
+    not measure it (the field is left out)."""
+    doc = {"benchmark": benchmark, **environment()}
+    if copy_bw is not None:
+        doc["copy_bandwidth_TBps"] = round(copy_bw, 3)
     if extra:
         doc.update(extra)
     doc["rows"] = rows
@@ -308,18 +312,18 @@ def write_results(
     return path
 
 
-def write_sweep(name: str, rows: list[dict]) -> Path:
-    """Write a sweep's rows to ``<name>.json`` with the environment (no plot)."""
-    path = out_dir() / f"{name}.json"
-    path.write_text(json.dumps({"env": environment(), "rows": rows}, indent=1) + "\n")
-    print(f"wrote {path}")
-    return path
-
-
-def plot_us_vs_tokens(
-    rows: list[dict], path: Path, *, title: str, group_key: str = "model"
+def plot_vs_tokens(
+    rows: list[dict],
+    path: Path,
+    *,
+    title: str,
+    group_key: str = "model",
+    line_key: str = "impl",
+    y_key: str = "us",
+    y_label: str = "us per call (CUDA-graph replay, median)",
+    log_y: bool = True,
 ) -> None:
-    """One panel per ``group_key`` value: microseconds per call against tokens, one line per impl."""
+    """One panel per ``group_key`` value: ``y_key`` against tokens, one line per ``line_key`` value."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -329,13 +333,14 @@ def plot_us_vs_tokens(
     fig, axes = plt.subplots(1, len(groups), figsize=(6 * len(groups), 4.5), squeeze=False)
     for ax, g in zip(axes[0], groups):
         sub = [r for r in rows if r[group_key] == g]
-        for impl in sorted({r["impl"] for r in sub}):
-            pts = sorted((r["tokens"], r["us"]) for r in sub if r["impl"] == impl)
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=impl)
+        for line in sorted({r[line_key] for r in sub}):
+            pts = sorted((r["tokens"], r[y_key]) for r in sub if r[line_key] == line)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=line)
         ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
+        if log_y:
+            ax.set_yscale("log")
         ax.set_xlabel("tokens")
-        ax.set_ylabel("us per call (CUDA-graph replay, median)")
+        ax.set_ylabel(y_label)
         ax.set_title(f"{title}: {g}")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend()

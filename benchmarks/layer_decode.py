@@ -448,7 +448,7 @@ def markdown(doc: dict) -> str:
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    harness.plot_us_vs_tokens(rows, path, title="decode layer, non-GEMM work (bf16)", group_key="layer")
+    harness.plot_vs_tokens(rows, path, title="decode layer, non-GEMM work (bf16)", group_key="layer")
 
 
 def main() -> None:

@@ -61,7 +61,7 @@ def main() -> None:
 
         rows += harness.timed_rows(impls, list(impls), make_sets, {"tokens": tokens}, nbytes, COPY_BW_TBPS)
         print(f"[{time.perf_counter() - started:6.1f}s] E2B {tokens} done", flush=True)
-    harness.write_sweep("sweep_ple_tail_in_context", rows)
+    print(f"wrote {harness.write_results('sweep_ple_tail_in_context', rows, copy_bw=None)}")
 
 
 if __name__ == "__main__":

@@ -79,7 +79,7 @@ def main() -> None:
             base = {"op": "triple", "hidden": hidden, "tokens": tokens, "launch": str(launch)}
             rows += harness.timed_rows(impls, list(impls), make_sets, base, nbytes, COPY_BW_TBPS)
             print(f"[{time.perf_counter() - started:6.1f}s] triple {hidden} {tokens} done", flush=True)
-    harness.write_sweep("sweep_stream_hints", rows)
+    print(f"wrote {harness.write_results('sweep_stream_hints', rows, copy_bw=None)}")
 
 
 if __name__ == "__main__":
