@@ -21,7 +21,10 @@ sums). From 128 tokens the chunked kernel, 1024 and 2048 columns per chunk in
 4-16 warps, its passes unrolled and rolled (Inductor's choice for this
 reduction: 1024 x 8 warps, 2048 x 16), some also with paired sums. (Two rows
 per program, 32 warps, 256/512-column chunks and hinted chunks lost everywhere
-in the 2026-11-29 sweep and are no longer tried.) ``old`` is the launch of the
+in the 2026-11-29 sweep and are no longer tried.) From 1024 tokens the
+persistent kernel in the unpaired rows' shapes, with and without hints, 1-4
+programs per SM (``--kernels`` limits the candidates to some kernels; old,
+table and the yardsticks are always timed). ``old`` is the launch of the
 previous launch rule (kept in this file), ``table`` the module's
 ``launch_config``; the two fastest candidates are timed again (the spread of
 one config).
@@ -90,14 +93,23 @@ ROLLED_CHUNKS = [(1024, 4), (1024, 8), (1024, 16), (2048, 8), (2048, 16)]
 PAIRED_CHUNKS = [(1024, 8, True), (2048, 16, True)]  # (columns, warps, rolled)
 # Rows with paired sums up to this many tokens (the latency-bound sizes).
 PAIRED_ROWS_TOKENS_MAX = 1024
+# The persistent kernel from this many tokens (a grid of a few programs per SM
+# only pays once the rows outnumber them), with these programs per SM.
+PERSISTENT_TOKENS_MIN = 1024
+PERSISTENT_PROGRAMS_PER_SM = (1, 2, 3, 4)
+KERNELS = ("row", "chunked", "persistent")
 
 
-def candidates(mode: str, hidden: int, tokens: int) -> list[tr.TripleNormLaunch]:
+def candidates(
+    mode: str, hidden: int, tokens: int, kernels: tuple[str, ...] = KERNELS
+) -> list[tr.TripleNormLaunch]:
     """Row kernel, padded and exact rows, one row per program, 4..32 elements
     of each tensor per thread, paired sums too in the 4-output mode up to
     ``PAIRED_ROWS_TOKENS_MAX`` tokens; from
     ``HINT_TOKENS_MIN`` tokens the unpaired rows with hints too. From 128 tokens
-    the chunked kernel (``UNROLLED_CHUNKS``, ``ROLLED_CHUNKS``, ``PAIRED_CHUNKS``)."""
+    the chunked kernel (``UNROLLED_CHUNKS``, ``ROLLED_CHUNKS``, ``PAIRED_CHUNKS``).
+    From ``PERSISTENT_TOKENS_MIN`` tokens the persistent kernel: the unpaired
+    rows' shapes, with and without hints, at ``PERSISTENT_PROGRAMS_PER_SM``."""
     pairing = (False, True) if bench.MODES[mode].outputs == 4 and tokens <= PAIRED_ROWS_TOKENS_MAX else (False,)
     out = []
     blocks = [triton.next_power_of_2(hidden)]
@@ -108,8 +120,16 @@ def candidates(mode: str, hidden: int, tokens: int) -> list[tr.TripleNormLaunch]
             if 4 <= triton.next_power_of_2(hidden) // (32 * warps) <= 32:
                 for paired in pairing:
                     out.append(tr.TripleNormLaunch("row", block, 1, warps, paired_sums=paired))
+    rows = [launch for launch in out if not launch.paired_sums]
     if tokens >= HINT_TOKENS_MIN:
-        out += [launch._replace(stream_hints=True) for launch in out if not launch.paired_sums]
+        out += [launch._replace(stream_hints=True) for launch in rows]
+    if tokens >= PERSISTENT_TOKENS_MIN:
+        out += [
+            launch._replace(kernel="persistent", stream_hints=hints, programs_per_sm=programs)
+            for launch in rows
+            for hints in (False, True)
+            for programs in PERSISTENT_PROGRAMS_PER_SM
+        ]
     if tokens >= 128:
         out += [tr.TripleNormLaunch("chunked", chunk, 1, warps) for chunk, warps in UNROLLED_CHUNKS]
         out += [tr.TripleNormLaunch("chunked", chunk, 1, warps, rolled=True) for chunk, warps in ROLLED_CHUNKS]
@@ -118,12 +138,14 @@ def candidates(mode: str, hidden: int, tokens: int) -> list[tr.TripleNormLaunch]
                 tr.TripleNormLaunch("chunked", chunk, 1, warps, rolled=rolled, paired_sums=True)
                 for chunk, warps, rolled in PAIRED_CHUNKS
             ]
-    return out
+    return [launch for launch in out if launch.kernel in kernels]
 
 
 def describe(launch: tr.TripleNormLaunch) -> str:
-    if launch.kernel == "row":
-        kind = f"row:{'exact' if launch.block != triton.next_power_of_2(launch.block) else 'b' + str(launch.block)}"
+    if launch.kernel in ("row", "persistent"):
+        kind = f"{launch.kernel}:{'exact' if launch.block != triton.next_power_of_2(launch.block) else 'b' + str(launch.block)}"
+        if launch.kernel == "persistent":
+            kind += f":{launch.programs_per_sm}/sm"
     else:
         kind = f"chunk:{launch.block}{':rolled' if launch.rolled else ''}"
     flags = (":hints" if launch.stream_hints else "") + (":paired" if launch.paired_sums else "")
@@ -133,10 +155,12 @@ def describe(launch: tr.TripleNormLaunch) -> str:
 # --------------------------------------------------------------------------- precompile
 
 
-def all_launches(shapes: list[tuple[str, int, int]]) -> list[tuple[str, int, tr.TripleNormLaunch]]:
+def all_launches(
+    shapes: list[tuple[str, int, int]], kernels: tuple[str, ...] = KERNELS
+) -> list[tuple[str, int, tr.TripleNormLaunch]]:
     jobs = set()
     for mode, hidden, tokens in shapes:
-        for launch in candidates(mode, hidden, tokens) + [old_launch(hidden, tokens), table_launch(mode, hidden, tokens)]:
+        for launch in candidates(mode, hidden, tokens, kernels) + [old_launch(hidden, tokens), table_launch(mode, hidden, tokens)]:
             jobs.add((mode, hidden, launch))
     return sorted(jobs, key=repr)
 
@@ -193,7 +217,9 @@ def check(mode: str, t: bench.NormInputs, fn: Callable) -> str | None:
     return None
 
 
-def sweep_shape(mode: str, hidden: int, tokens: int, copy_bw: float, dry_run: bool) -> list[dict]:
+def sweep_shape(
+    mode: str, hidden: int, tokens: int, copy_bw: float, dry_run: bool, kernels: tuple[str, ...] = KERNELS
+) -> list[dict]:
     m = bench.MODES[mode]
     nbytes = bench.minimal_bytes(tokens, hidden, m.outputs)
     n_sets = 1 if dry_run else harness.input_sets(nbytes)
@@ -230,7 +256,7 @@ def sweep_shape(mode: str, hidden: int, tokens: int, copy_bw: float, dry_run: bo
 
     measure_fused(old_launch(hidden, tokens), "old")
     measure_fused(table_launch(mode, hidden, tokens), "table")
-    results = [(measure_fused(launch, "candidate"), launch) for launch in candidates(mode, hidden, tokens)]
+    results = [(measure_fused(launch, "candidate"), launch) for launch in candidates(mode, hidden, tokens, kernels)]
     results = sorted((r for r in results if r[0] == r[0]), key=lambda r: r[0])
     for _, launch in results[:2]:
         measure_fused(launch, "repeat")
@@ -282,6 +308,7 @@ def main() -> None:
         "default: all five cases at --tokens)",
     )
     parser.add_argument("--budget-s", type=float, default=270.0, help="skip the shapes left after this long")
+    parser.add_argument("--kernels", nargs="*", choices=KERNELS, default=list(KERNELS), help="candidates of these kernels")
     parser.add_argument("--dry-run", action="store_true")
     parser.add_argument("--workers", type=int, default=min(15, (os.cpu_count() or 2) - 1), help="compile processes")
     args = parser.parse_args()
@@ -289,7 +316,8 @@ def main() -> None:
         sys.exit("--dry-run needs TRITON_INTERPRET=1")
     tokens_list = args.tokens or (DRY_RUN_TOKENS if args.dry_run else TOKEN_ORDER)
     shapes = plan_shapes(args.cases, tokens_list)
-    print(f"{len(shapes)} shapes, {sum(len(candidates(*s)) for s in shapes)} candidates", flush=True)
+    kernels = tuple(args.kernels)
+    print(f"{len(shapes)} shapes, {sum(len(candidates(*s, kernels)) for s in shapes)} candidates", flush=True)
 
     started = time.perf_counter()
     copy_bw = harness.prepare_sweep(
@@ -297,7 +325,7 @@ def main() -> None:
         args.workers,
         lambda: [
             (compile_references, [shape for shape in shapes if compiles(shape[0], shape[2])]),
-            (compile_kernels, all_launches(shapes)),
+            (compile_kernels, all_launches(shapes, kernels)),
         ],
         started,
     )
@@ -306,7 +334,7 @@ def main() -> None:
         if time.perf_counter() - started > args.budget_s:
             print(f"budget spent: skipping {mode} hidden={hidden} tokens={tokens}", flush=True)
             continue
-        rows += sweep_shape(mode, hidden, tokens, copy_bw, args.dry_run)
+        rows += sweep_shape(mode, hidden, tokens, copy_bw, args.dry_run, kernels)
         if not args.dry_run:  # after every shape, so a run cut short keeps what it measured
             doc = {
                 "benchmark": "sweep_triple_rmsnorm", **harness.environment(),

@@ -169,6 +169,46 @@ def test_paired_sums_leave_r_and_the_two_output_mode_alone(dtype):
         assert all(torch.equal(a, b) for a, b in zip(pair, pair_paired))
 
 
+# The persistent kernel: exact and padded rows, grids of 1-2 programs per
+# "SM" (1 under the interpreter), so each program walks several rows (its
+# last prefetch past the end, masked), and grids capped by the row count.
+PERSISTENT = {
+    "exact_1x": (896, TripleNormLaunch("persistent", 896, 1, 2, programs_per_sm=1)),
+    "exact_2x_paired": (896, TripleNormLaunch("persistent", 896, 1, 4, paired_sums=True, programs_per_sm=2)),
+    "padded_2x_hints": (1000, TripleNormLaunch("persistent", 1024, 1, 4, stream_hints=True, programs_per_sm=2)),
+    "padded_one_segment": (128, TripleNormLaunch("persistent", 128, 1, 1, programs_per_sm=3)),
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
+@pytest.mark.parametrize("variant", PERSISTENT)
+def test_persistent_rows_are_the_row_kernels_bits(variant, dtype):
+    """Same operations per row as the row kernel: same bits in both modes, at
+    row counts below, at and above the grid; also with ``r`` written over
+    the residual (each row read before its program writes)."""
+    hidden, launch = PERSISTENT[variant]
+    row = launch._replace(kernel="row", programs_per_sm=0)
+    for tokens in (1, 2, 7):
+        attn_out, residual, weights = triple_norm_inputs(tokens, hidden, dtype, scale=30.0, seed=tokens)
+        for fn, n_weights in ((post_attn_triple_rmsnorm, 4), (post_attn_norm_add, 2)):
+            expected = fn(attn_out, residual, *weights[:n_weights], EPS, launch=row)
+            residual_out = residual.clone()
+            actual = fn(attn_out, residual_out, *weights[:n_weights], EPS, residual_out=residual_out, launch=launch)
+            assert actual[0].data_ptr() == residual_out.data_ptr()
+            assert all(torch.equal(a, e) for a, e in zip(actual, expected)), (fn.__name__, tokens)
+
+
+def test_persistent_launch_checks():
+    attn_out, residual, weights = triple_norm_inputs(3, 128, torch.float32, seed=1)
+    for bad in (
+        TripleNormLaunch("persistent", 128, 1, 1),  # no programs per SM
+        TripleNormLaunch("persistent", 128, 2, 1, programs_per_sm=1),
+        TripleNormLaunch("persistent", 128, 1, 1, rolled=True, programs_per_sm=1),
+    ):
+        with pytest.raises(ValueError):
+            post_attn_triple_rmsnorm(attn_out, residual, *weights, EPS, launch=bad)
+
+
 def test_row_segments_and_lanes():
     assert row_segments(2816) == (2048, 512, 256)
     assert row_segments(5376) == (4096, 1024, 256)

@@ -70,6 +70,8 @@ def variants(hidden: int) -> dict[str, TripleNormLaunch]:
         "chunked_2048_w16_rolled_paired": TripleNormLaunch("chunked", 2048, 1, 16, rolled=True, paired_sums=True),
         "row_exact_paired": TripleNormLaunch("row", hidden, 1, 8, paired_sums=True),
         "row_padded_w8_paired": TripleNormLaunch("row", padded, 1, 8, paired_sums=True),
+        "persistent_exact_2x": TripleNormLaunch("persistent", hidden, 1, 8, programs_per_sm=2),
+        "persistent_padded_hints": TripleNormLaunch("persistent", padded, 1, 16, stream_hints=True, programs_per_sm=1),
     }
 
 
@@ -109,6 +111,8 @@ SAME_BITS = [
     ("chunked_2048_w16_rolled_paired", TripleNormLaunch("chunked", 2048, 1, 16, rolled=True)),
     ("row_exact_paired", TripleNormLaunch("row", 0, 1, 8)),
     ("row_padded_w8_paired", TripleNormLaunch("row", 0, 1, 8)),
+    ("persistent_exact_2x", TripleNormLaunch("row", 0, 1, 8)),
+    ("persistent_padded_hints", TripleNormLaunch("row", 0, 1, 16, stream_hints=True)),
 ]
 
 
@@ -116,11 +120,14 @@ SAME_BITS = [
 @pytest.mark.parametrize("hidden", HIDDENS)
 def test_rolled_loops_and_paired_sums_keep_the_bits(hidden, variant, plain):
     """Rolling adds the chunks in the same order; a paired reduction combines
-    each operand as its own tl.sum would (same tree): bf16 outputs bit for bit."""
+    each operand as its own tl.sum would (same tree); the persistent kernel
+    runs the row kernel's operations per row: bf16 outputs bit for bit (at a
+    batch where each persistent program walks several rows)."""
     launch = variants(hidden)[variant]
     if plain.kernel == "row":
         plain = plain._replace(block=launch.block)
-    attn_out, residual, weights = triple_norm_inputs(257, hidden, torch.bfloat16, device="cuda", seed=11)
+    tokens = 3001 if launch.kernel == "persistent" else 257
+    attn_out, residual, weights = triple_norm_inputs(tokens, hidden, torch.bfloat16, device="cuda", seed=11)
     expected = post_attn_triple_rmsnorm(attn_out, residual, *weights, EPS, launch=plain)
     actual = post_attn_triple_rmsnorm(attn_out, residual, *weights, EPS, launch=launch)
     for name, a, e in zip(OUTPUT_NAMES, actual, expected):
@@ -136,11 +143,14 @@ def test_kernel_magnitudes_and_zero_row(hidden, scale, dtype):
         assert torch.count_nonzero(out[128]) == 0
 
 
-@pytest.mark.parametrize("tokens", [33, 4096])  # the row and the chunked kernel
-def test_residual_updated_in_place(tokens):
+# The row and the chunked kernel (the table's), and the persistent one with
+# several rows per program.
+@pytest.mark.parametrize("tokens,variant", [(33, None), (4096, None), (3001, "persistent_exact_2x")])
+def test_residual_updated_in_place(tokens, variant):
     attn_out, residual, weights = triple_norm_inputs(tokens, 2816, torch.bfloat16, device="cuda", seed=5)
     expected = triple_rmsnorm_reference(attn_out, residual, *weights, EPS)
-    outputs = post_attn_triple_rmsnorm(attn_out, residual, *weights, EPS, residual_out=residual)
+    launch = variants(2816)[variant] if variant else None
+    outputs = post_attn_triple_rmsnorm(attn_out, residual, *weights, EPS, residual_out=residual, launch=launch)
     assert outputs[0].data_ptr() == residual.data_ptr()
     for name, a, e in zip(OUTPUT_NAMES, outputs, expected):
         assert_within_one_rounding(a, e, name)

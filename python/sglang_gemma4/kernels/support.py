@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -39,3 +40,17 @@ def triton_can_run_on(t: torch.Tensor) -> bool:
 def is_rowmajor_2d(t: torch.Tensor) -> bool:
     """2-D with unit stride along the last dim; rows may be spaced (a column slice is fine)."""
     return t.dim() == 2 and t.stride(1) == 1 and t.stride(0) >= t.shape[1]
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_multiprocessors(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def multiprocessor_count(t: torch.Tensor) -> int:
+    """Streaming multiprocessors of ``t``'s CUDA device (persistent grids size
+    themselves by it); 1 for a CPU tensor under the interpreter, so that a
+    persistent grid there has few programs, each walking several rows."""
+    if not t.is_cuda:
+        return 1
+    return _cuda_multiprocessors(t.device.index if t.device.index is not None else torch.cuda.current_device())

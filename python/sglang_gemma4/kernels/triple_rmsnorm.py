@@ -74,7 +74,12 @@ import triton.language as tl
 from sglang_gemma4.kernels.dependent_launch import launch_kwargs, wait_for_previous_grid
 from sglang_gemma4.kernels.rounding import round_to
 from sglang_gemma4.kernels.row_segments import power_of_two_segments
-from sglang_gemma4.kernels.support import MAX_FUSED_ROW, triton_can_run_on, triton_interpreting
+from sglang_gemma4.kernels.support import (
+    MAX_FUSED_ROW,
+    multiprocessor_count,
+    triton_can_run_on,
+    triton_interpreting,
+)
 
 TRIPLE_RMSNORM_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -164,35 +169,24 @@ def _sums_of_s_and_r(lane_s, lane_r, axis: tl.constexpr, PAIRED_SUMS: tl.constex
 
 
 @triton.jit
-def _segment_loads(
-    attn_ptr,
-    res_ptr,
-    w_post_ptr,
-    w_pre_ff_ptr,
-    w_router_ptr,
-    w_pre_ff_2_ptr,
-    row_base,
-    row_ok,
-    start,
-    hidden,
-    SEG: tl.constexpr,
-    LANES: tl.constexpr,
-    MOE_OUTPUTS: tl.constexpr,
-    ACT_EVICT: tl.constexpr,
-):
-    """Columns ``[start, start + SEG)`` of the program's rows as ``[ROWS, LANES,
-    SEG // LANES]`` tiles (lane ``j`` holds ``SEG // LANES`` adjacent columns):
-    offsets, mask, the two activations and the weights (the router/expert ones
-    only with ``MOE_OUTPUTS``)."""
+def _segment_cols(start, SEG: tl.constexpr, LANES: tl.constexpr):
+    """Columns ``[start, start + SEG)`` as a ``[1, LANES, SEG // LANES]`` tile
+    (lane ``j`` holds ``SEG // LANES`` adjacent columns). The weights are loaded
+    in the activations' 3-D shape, so that both get the same register layout (no
+    conversion through shared memory)."""
     VEC: tl.constexpr = SEG // LANES
-    # [1, LANES, VEC]: the weights are loaded in the activations' 3-D shape, so
-    # that both get the same register layout (no conversion through shared memory).
-    cols = start + tl.arange(0, LANES)[None, :, None] * VEC + tl.arange(0, VEC)[None, None, :]
+    return start + tl.arange(0, LANES)[None, :, None] * VEC + tl.arange(0, VEC)[None, None, :]
+
+
+@triton.jit
+def _segment_weights(
+    w_post_ptr, w_pre_ff_ptr, w_router_ptr, w_pre_ff_2_ptr, start, hidden,
+    SEG: tl.constexpr, LANES: tl.constexpr, MOE_OUTPUTS: tl.constexpr,
+):
+    """The weights of columns ``[start, start + SEG)`` in fp32 (the router/expert
+    ones only with ``MOE_OUTPUTS``; else the dense one stands in for them)."""
+    cols = _segment_cols(start, SEG, LANES)
     col_ok = cols < hidden
-    mask = row_ok[:, None, None] & col_ok
-    offs = row_base[:, None, None] + cols
-    x = tl.load(attn_ptr + offs, mask=mask, other=0.0, eviction_policy=ACT_EVICT).to(tl.float32)
-    res = tl.load(res_ptr + offs, mask=mask, other=0.0, eviction_policy=ACT_EVICT).to(tl.float32)
     w_post = _load_weight(w_post_ptr, cols, col_ok)
     w_pre_ff = _load_weight(w_pre_ff_ptr, cols, col_ok)
     if MOE_OUTPUTS:
@@ -201,7 +195,38 @@ def _segment_loads(
     else:
         w_router = w_pre_ff
         w_pre_ff_2 = w_pre_ff
-    return offs, mask, x, res, w_post, w_pre_ff, w_router, w_pre_ff_2
+    return w_post, w_pre_ff, w_router, w_pre_ff_2
+
+
+@triton.jit
+def _segment_offsets(rows, n_rows, start, hidden, SEG: tl.constexpr, LANES: tl.constexpr):
+    """Element offsets and mask of columns ``[start, start + SEG)`` of ``rows``
+    as ``[ROWS, LANES, SEG // LANES]`` tiles."""
+    cols = _segment_cols(start, SEG, LANES)
+    # int64: rows * hidden passes 2**31 for prefills of ~760k tokens at hidden 2816.
+    return rows.to(tl.int64)[:, None, None] * hidden + cols, (rows < n_rows)[:, None, None] & (cols < hidden)
+
+
+@triton.jit
+def _segment_activations(
+    attn_ptr, res_ptr, rows, n_rows, start, hidden,
+    SEG: tl.constexpr, LANES: tl.constexpr, ACT_EVICT: tl.constexpr, AS_FP32: tl.constexpr,
+):
+    """Offsets, mask, ``attn_out`` and ``residual`` of columns ``[start, start +
+    SEG)`` of ``rows`` as ``[ROWS, LANES, SEG // LANES]`` tiles, in fp32
+    (``AS_FP32``) or the activation dtype (a prefetch, converted where it is
+    used so that its issue does not wait for its data)."""
+    offs, mask = _segment_offsets(rows, n_rows, start, hidden, SEG, LANES)
+    x = tl.load(attn_ptr + offs, mask=mask, other=0.0, eviction_policy=ACT_EVICT)
+    # Converted before the residual's load: ptxas then issues that load once x
+    # has arrived, overlapping the first reduction, which measured faster at
+    # decode sizes than all loads at once (see ple_tail's launch notes).
+    if AS_FP32:
+        x = x.to(tl.float32)
+    res = tl.load(res_ptr + offs, mask=mask, other=0.0, eviction_policy=ACT_EVICT)
+    if AS_FP32:
+        res = res.to(tl.float32)
+    return offs, mask, x, res
 
 
 @triton.jit
@@ -238,6 +263,65 @@ def _segment_outputs(
         r_normed = r32 * inv_r
         tl.store(router_ptr + offs, round_to(r_normed * w_router, act, BF16_RNE_BY_BITS).to(act), mask=mask)
         tl.store(moe_ptr + offs, round_to(r_normed * w_pre_ff_2, act, BF16_RNE_BY_BITS).to(act), mask=mask)
+
+
+@triton.jit
+def _norm_segments_and_store(
+    x0, res0, wp0, wf0, wr0, wm0, offs0, mask0,
+    x1, res1, wp1, wf1, wr1, wm1, offs1, mask1,
+    x2, res2, wp2, wf2, wr2, wm2, offs2, mask2,
+    r_ptr, dense_ptr, router_ptr, moe_ptr, hidden, eps,
+    SEG1: tl.constexpr, SEG2: tl.constexpr, MOE_OUTPUTS: tl.constexpr,
+    BF16_RNE_BY_BITS: tl.constexpr, PAIRED_SUMS: tl.constexpr,
+):
+    """The outputs of rows held as up to three segments (see
+    :func:`_triple_norm_row_kernel`; the arguments of an absent segment are
+    not read): three dependent row reductions (two with ``PAIRED_SUMS``)
+    and the stores. ``x``/``res`` in fp32 or the activation dtype."""
+    x0 = x0.to(tl.float32)
+    res0 = res0.to(tl.float32)
+    x1 = x1.to(tl.float32)
+    res1 = res1.to(tl.float32)
+    x2 = x2.to(tl.float32)
+    res2 = res2.to(tl.float32)
+    lane_x = tl.sum(x0 * x0, axis=2)
+    if SEG1 > 0:
+        lane_x += tl.sum(x1 * x1, axis=2)
+    if SEG2 > 0:
+        lane_x += tl.sum(x2 * x2, axis=2)
+    inv_x = tl.rsqrt(tl.sum(lane_x, axis=1) / hidden + eps)[:, None, None]
+
+    s0, r0, lane_s, lane_r = _segment_residual(x0, res0, inv_x, wp0, r_ptr, offs0, mask0, BF16_RNE_BY_BITS)
+    if SEG1 > 0:
+        s1, r1, lane_s1, lane_r1 = _segment_residual(x1, res1, inv_x, wp1, r_ptr, offs1, mask1, BF16_RNE_BY_BITS)
+        lane_s += lane_s1
+        lane_r += lane_r1
+    if SEG2 > 0:
+        s2, r2, lane_s2, lane_r2 = _segment_residual(x2, res2, inv_x, wp2, r_ptr, offs2, mask2, BF16_RNE_BY_BITS)
+        lane_s += lane_s2
+        lane_r += lane_r2
+    # fused_add_rmsnorm normalizes the unrounded fp32 sum; the router's norm and
+    # pre_feedforward_layernorm_2 read the stored residual. (Without MOE_OUTPUTS
+    # the compiler drops the sum of r, which nothing reads.)
+    sum_s, sum_r = _sums_of_s_and_r(lane_s, lane_r, 1, PAIRED_SUMS)
+    inv_s = tl.rsqrt(sum_s / hidden + eps)[:, None, None]
+    inv_r = tl.rsqrt(sum_r / hidden + eps)[:, None, None]
+
+    _segment_outputs(
+        s0, r0, inv_s, inv_r, wf0, wr0, wm0, dense_ptr, router_ptr, moe_ptr, offs0, mask0,
+        MOE_OUTPUTS, BF16_RNE_BY_BITS,
+    )
+    if SEG1 > 0:
+        _segment_outputs(
+            s1, r1, inv_s, inv_r, wf1, wr1, wm1, dense_ptr, router_ptr, moe_ptr, offs1, mask1,
+            MOE_OUTPUTS, BF16_RNE_BY_BITS,
+        )
+    if SEG2 > 0:
+        _segment_outputs(
+            s2, r2, inv_s, inv_r, wf2, wr2, wm2, dense_ptr, router_ptr, moe_ptr, offs2, mask2,
+            MOE_OUTPUTS, BF16_RNE_BY_BITS,
+        )
+
 
 
 @triton.jit(do_not_specialize=["n_rows"])
@@ -283,62 +367,130 @@ def _triple_norm_row_kernel(
     reduction (two dependent reductions per row instead of three)."""
     wait_for_previous_grid(USE_PDL)
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
-    row_ok = rows < n_rows
-    # int64: rows * hidden passes 2**31 for prefills of ~760k tokens at hidden 2816.
-    row_base = rows.to(tl.int64) * hidden
-
-    offs0, mask0, x0, res0, wp0, wf0, wr0, wm0 = _segment_loads(
-        attn_ptr, res_ptr, w_post_ptr, w_pre_ff_ptr, w_router_ptr, w_pre_ff_2_ptr,
-        row_base, row_ok, 0, hidden, SEG0, LANES, MOE_OUTPUTS, ACT_EVICT,
+    offs0, mask0, x0, res0 = _segment_activations(attn_ptr, res_ptr, rows, n_rows, 0, hidden, SEG0, LANES, ACT_EVICT, True)
+    wp0, wf0, wr0, wm0 = _segment_weights(
+        w_post_ptr, w_pre_ff_ptr, w_router_ptr, w_pre_ff_2_ptr, 0, hidden, SEG0, LANES, MOE_OUTPUTS
     )
     if SEG1 > 0:
-        offs1, mask1, x1, res1, wp1, wf1, wr1, wm1 = _segment_loads(
-            attn_ptr, res_ptr, w_post_ptr, w_pre_ff_ptr, w_router_ptr, w_pre_ff_2_ptr,
-            row_base, row_ok, SEG0, hidden, SEG1, LANES, MOE_OUTPUTS, ACT_EVICT,
+        offs1, mask1, x1, res1 = _segment_activations(
+            attn_ptr, res_ptr, rows, n_rows, SEG0, hidden, SEG1, LANES, ACT_EVICT, True
         )
-    if SEG2 > 0:
-        offs2, mask2, x2, res2, wp2, wf2, wr2, wm2 = _segment_loads(
-            attn_ptr, res_ptr, w_post_ptr, w_pre_ff_ptr, w_router_ptr, w_pre_ff_2_ptr,
-            row_base, row_ok, SEG0 + SEG1, hidden, SEG2, LANES, MOE_OUTPUTS, ACT_EVICT,
+        wp1, wf1, wr1, wm1 = _segment_weights(
+            w_post_ptr, w_pre_ff_ptr, w_router_ptr, w_pre_ff_2_ptr, SEG0, hidden, SEG1, LANES, MOE_OUTPUTS
         )
-
-    lane_x = tl.sum(x0 * x0, axis=2)
-    if SEG1 > 0:
-        lane_x += tl.sum(x1 * x1, axis=2)
+    else:
+        offs1, mask1, x1, res1, wp1, wf1, wr1, wm1 = offs0, mask0, x0, res0, wp0, wf0, wr0, wm0
     if SEG2 > 0:
-        lane_x += tl.sum(x2 * x2, axis=2)
-    inv_x = tl.rsqrt(tl.sum(lane_x, axis=1) / hidden + eps)[:, None, None]
-
-    s0, r0, lane_s, lane_r = _segment_residual(x0, res0, inv_x, wp0, r_ptr, offs0, mask0, BF16_RNE_BY_BITS)
-    if SEG1 > 0:
-        s1, r1, lane_s1, lane_r1 = _segment_residual(x1, res1, inv_x, wp1, r_ptr, offs1, mask1, BF16_RNE_BY_BITS)
-        lane_s += lane_s1
-        lane_r += lane_r1
-    if SEG2 > 0:
-        s2, r2, lane_s2, lane_r2 = _segment_residual(x2, res2, inv_x, wp2, r_ptr, offs2, mask2, BF16_RNE_BY_BITS)
-        lane_s += lane_s2
-        lane_r += lane_r2
-    # fused_add_rmsnorm normalizes the unrounded fp32 sum; the router's norm and
-    # pre_feedforward_layernorm_2 read the stored residual. (Without MOE_OUTPUTS
-    # the compiler drops the sum of r, which nothing reads.)
-    sum_s, sum_r = _sums_of_s_and_r(lane_s, lane_r, 1, PAIRED_SUMS)
-    inv_s = tl.rsqrt(sum_s / hidden + eps)[:, None, None]
-    inv_r = tl.rsqrt(sum_r / hidden + eps)[:, None, None]
-
-    _segment_outputs(
-        s0, r0, inv_s, inv_r, wf0, wr0, wm0, dense_ptr, router_ptr, moe_ptr, offs0, mask0,
-        MOE_OUTPUTS, BF16_RNE_BY_BITS,
+        offs2, mask2, x2, res2 = _segment_activations(
+            attn_ptr, res_ptr, rows, n_rows, SEG0 + SEG1, hidden, SEG2, LANES, ACT_EVICT, True
+        )
+        wp2, wf2, wr2, wm2 = _segment_weights(
+            w_post_ptr, w_pre_ff_ptr, w_router_ptr, w_pre_ff_2_ptr, SEG0 + SEG1, hidden, SEG2, LANES, MOE_OUTPUTS
+        )
+    else:
+        offs2, mask2, x2, res2, wp2, wf2, wr2, wm2 = offs0, mask0, x0, res0, wp0, wf0, wr0, wm0
+    _norm_segments_and_store(
+        x0, res0, wp0, wf0, wr0, wm0, offs0, mask0,
+        x1, res1, wp1, wf1, wr1, wm1, offs1, mask1,
+        x2, res2, wp2, wf2, wr2, wm2, offs2, mask2,
+        r_ptr, dense_ptr, router_ptr, moe_ptr, hidden, eps,
+        SEG1, SEG2, MOE_OUTPUTS, BF16_RNE_BY_BITS, PAIRED_SUMS,
     )
+
+
+@triton.jit
+def _prefetch_segments(
+    attn_ptr, res_ptr, rows, n_rows, hidden,
+    SEG0: tl.constexpr, SEG1: tl.constexpr, SEG2: tl.constexpr, LANES: tl.constexpr, ACT_EVICT: tl.constexpr,
+):
+    """Issue the loads of ``rows``'s segments, in the activation dtype (an
+    absent segment repeats the first)."""
+    _, _, x0, res0 = _segment_activations(attn_ptr, res_ptr, rows, n_rows, 0, hidden, SEG0, LANES, ACT_EVICT, False)
+    x1, res1, x2, res2 = x0, res0, x0, res0
     if SEG1 > 0:
-        _segment_outputs(
-            s1, r1, inv_s, inv_r, wf1, wr1, wm1, dense_ptr, router_ptr, moe_ptr, offs1, mask1,
-            MOE_OUTPUTS, BF16_RNE_BY_BITS,
+        _, _, x1, res1 = _segment_activations(
+            attn_ptr, res_ptr, rows, n_rows, SEG0, hidden, SEG1, LANES, ACT_EVICT, False
         )
     if SEG2 > 0:
-        _segment_outputs(
-            s2, r2, inv_s, inv_r, wf2, wr2, wm2, dense_ptr, router_ptr, moe_ptr, offs2, mask2,
-            MOE_OUTPUTS, BF16_RNE_BY_BITS,
+        _, _, x2, res2 = _segment_activations(
+            attn_ptr, res_ptr, rows, n_rows, SEG0 + SEG1, hidden, SEG2, LANES, ACT_EVICT, False
         )
+    return x0, res0, x1, res1, x2, res2
+
+
+@triton.jit(do_not_specialize=["n_rows"])
+def _triple_norm_persistent_kernel(
+    attn_ptr,
+    res_ptr,
+    w_post_ptr,
+    w_pre_ff_ptr,
+    w_router_ptr,
+    w_pre_ff_2_ptr,
+    r_ptr,
+    dense_ptr,
+    router_ptr,
+    moe_ptr,
+    n_rows,
+    hidden,
+    eps,
+    SEG0: tl.constexpr,
+    SEG1: tl.constexpr,
+    SEG2: tl.constexpr,
+    LANES: tl.constexpr,
+    MOE_OUTPUTS: tl.constexpr,
+    ACT_EVICT: tl.constexpr,
+    BF16_RNE_BY_BITS: tl.constexpr,
+    PAIRED_SUMS: tl.constexpr,
+    USE_PDL: tl.constexpr = False,
+):
+    """The row kernel's computation (one row at a time, held as segments as
+    there), in a fixed grid: program ``p`` takes rows ``p, p + P, p + 2P, ...``
+    and issues the loads of its next row before the reductions of this one,
+    so that every program keeps a row's DRAM reads in flight while it
+    reduces and stores (a program of the row kernel has none in flight
+    then). Same operations in the same order per row, so the same bits as
+    :func:`_triple_norm_row_kernel`. A row is read before its program writes
+    any row, and only its own program writes it, so ``r`` may overwrite the
+    residual."""
+    wait_for_previous_grid(USE_PDL)
+    first = tl.program_id(0)
+    step = tl.num_programs(0)
+    x0, res0, x1, res1, x2, res2 = _prefetch_segments(
+        attn_ptr, res_ptr, first + tl.arange(0, 1), n_rows, hidden, SEG0, SEG1, SEG2, LANES, ACT_EVICT
+    )
+    # One stage: the prefetch is written out here (Triton's pipeliner would
+    # stage the loads through shared memory instead).
+    for row in tl.range(first, n_rows, step, num_stages=1):
+        next_x0, next_res0, next_x1, next_res1, next_x2, next_res2 = _prefetch_segments(
+            attn_ptr, res_ptr, row + step + tl.arange(0, 1), n_rows, hidden, SEG0, SEG1, SEG2, LANES, ACT_EVICT
+        )
+        rows = row + tl.arange(0, 1)
+        # Offsets and weights (from L1) per row: carrying them would take the
+        # registers that let more programs share an SM.
+        offs0, mask0 = _segment_offsets(rows, n_rows, 0, hidden, SEG0, LANES)
+        wp0, wf0, wr0, wm0 = _segment_weights(
+            w_post_ptr, w_pre_ff_ptr, w_router_ptr, w_pre_ff_2_ptr, 0, hidden, SEG0, LANES, MOE_OUTPUTS
+        )
+        offs1, mask1, wp1, wf1, wr1, wm1 = offs0, mask0, wp0, wf0, wr0, wm0
+        offs2, mask2, wp2, wf2, wr2, wm2 = offs0, mask0, wp0, wf0, wr0, wm0
+        if SEG1 > 0:
+            offs1, mask1 = _segment_offsets(rows, n_rows, SEG0, hidden, SEG1, LANES)
+            wp1, wf1, wr1, wm1 = _segment_weights(
+                w_post_ptr, w_pre_ff_ptr, w_router_ptr, w_pre_ff_2_ptr, SEG0, hidden, SEG1, LANES, MOE_OUTPUTS
+            )
+        if SEG2 > 0:
+            offs2, mask2 = _segment_offsets(rows, n_rows, SEG0 + SEG1, hidden, SEG2, LANES)
+            wp2, wf2, wr2, wm2 = _segment_weights(
+                w_post_ptr, w_pre_ff_ptr, w_router_ptr, w_pre_ff_2_ptr, SEG0 + SEG1, hidden, SEG2, LANES, MOE_OUTPUTS
+            )
+        _norm_segments_and_store(
+            x0, res0, wp0, wf0, wr0, wm0, offs0, mask0,
+            x1, res1, wp1, wf1, wr1, wm1, offs1, mask1,
+            x2, res2, wp2, wf2, wr2, wm2, offs2, mask2,
+            r_ptr, dense_ptr, router_ptr, moe_ptr, hidden, eps,
+            SEG1, SEG2, MOE_OUTPUTS, BF16_RNE_BY_BITS, PAIRED_SUMS,
+        )
+        x0, res0, x1, res1, x2, res2 = next_x0, next_res0, next_x1, next_res1, next_x2, next_res2
 
 
 @triton.jit
@@ -498,7 +650,10 @@ class TripleNormLaunch(NamedTuple):
     fewer loads in flight per row), compiled with one pipeline stage, as
     Inductor compiles its reductions. ``paired_sums``: the 4-output mode's sums
     of squares of ``s`` and ``r`` in one cross-thread reduction (no effect with
-    2 outputs, which have no sum of ``r``).
+    2 outputs, which have no sum of ``r``). "persistent": the row kernel's
+    rows (``block`` as there, one row at a time) in a grid of
+    ``programs_per_sm`` programs per SM (capped at the row count), each
+    prefetching its next row.
     """
 
     kernel: str
@@ -508,6 +663,7 @@ class TripleNormLaunch(NamedTuple):
     stream_hints: bool = False
     rolled: bool = False
     paired_sums: bool = False
+    programs_per_sm: int = 0
 
 
 def row_segments(hidden: int) -> tuple[int, int, int] | None:
@@ -746,7 +902,7 @@ def _launch(
     }
     if launch.rows_per_program < 1 or launch.rows_per_program & (launch.rows_per_program - 1):
         raise ValueError(f"rows_per_program must be a power of two: {launch}")
-    if launch.kernel == "row":
+    if launch.kernel in ("row", "persistent"):
         if launch.rolled:
             raise ValueError(f"the row kernel has no loop to roll: {launch}")
         segments = row_segments(hidden) if launch.block == hidden else None
@@ -758,16 +914,25 @@ def _launch(
                 )
             segments = (launch.block, 0, 0)
         seg0, seg1, seg2 = segments
-        _triple_norm_row_kernel[(triton.cdiv(n_rows, launch.rows_per_program),)](
-            *args,
-            ROWS=launch.rows_per_program,
-            SEG0=seg0,
-            SEG1=seg1,
-            SEG2=seg2,
-            LANES=row_lanes(segments, launch.num_warps),
-            num_warps=launch.num_warps,
-            **constants,
-        )
+        segment_constants = dict(SEG0=seg0, SEG1=seg1, SEG2=seg2, LANES=row_lanes(segments, launch.num_warps))
+        if launch.kernel == "row":
+            _triple_norm_row_kernel[(triton.cdiv(n_rows, launch.rows_per_program),)](
+                *args,
+                ROWS=launch.rows_per_program,
+                num_warps=launch.num_warps,
+                **segment_constants,
+                **constants,
+            )
+        else:
+            if launch.rows_per_program != 1 or launch.programs_per_sm < 1:
+                raise ValueError(f"the persistent kernel takes one row at a time, programs_per_sm >= 1: {launch}")
+            programs = min(n_rows, launch.programs_per_sm * multiprocessor_count(attn_out))
+            _triple_norm_persistent_kernel[(programs,)](
+                *args,
+                num_warps=launch.num_warps,
+                **segment_constants,
+                **constants,
+            )
     elif launch.kernel == "chunked":
         if launch.rows_per_program != 1:
             raise ValueError(f"the chunked kernel takes one row per program: {launch}")
