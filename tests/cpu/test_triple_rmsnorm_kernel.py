@@ -246,9 +246,16 @@ def test_launch_config_by_width_and_batch():
     assert launch_config(5376, 256) == TripleNormLaunch("row", 5376, 1, 8, stream_hints=True, paired_sums=True)
     assert launch_config(5376, 257) == TripleNormLaunch("chunked", 2048, 1, 8, stream_hints=True)
     assert launch_config(5376, 16384) == TripleNormLaunch("chunked", 2048, 1, 8, stream_hints=True)
-    assert launch_config(5376, 16384, moe_outputs=False) == TripleNormLaunch("row", 8192, 1, 16)
+    assert launch_config(5376, 4095, moe_outputs=False) == TripleNormLaunch("row", 8192, 1, 16)
+    assert launch_config(5376, 4096, moe_outputs=False) == TripleNormLaunch(
+        "persistent", 5376, 1, 8, programs_per_sm=4
+    )
     assert launch_config(1536, 16384, moe_outputs=False) == TripleNormLaunch("row", 1536, 1, 4)
     assert launch_config(2560, 1, moe_outputs=False) == TripleNormLaunch("row", 2560, 1, 8)
+    assert launch_config(2560, 4095, moe_outputs=False) == TripleNormLaunch("row", 2560, 1, 8)
+    assert launch_config(2560, 16384, moe_outputs=False) == TripleNormLaunch(
+        "persistent", 2560, 1, 8, programs_per_sm=4
+    )
     # Elsewhere the general rule.
     assert launch_config(1536, 1) == TripleNormLaunch("row", 2048, 1, 8)
     assert launch_config(128, 1) == TripleNormLaunch("row", 128, 16, 8)

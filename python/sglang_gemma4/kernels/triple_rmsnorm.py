@@ -448,8 +448,9 @@ def _triple_norm_persistent_kernel(
     and issues the loads of its next row before the reductions of this one,
     so that every program keeps a row's DRAM reads in flight while it
     reduces and stores (a program of the row kernel has none in flight
-    then). Same operations in the same order per row, so the same bits as
-    :func:`_triple_norm_row_kernel`. A row is read before its program writes
+    then). Per row the operations of :func:`_triple_norm_row_kernel` in the
+    same order (ptxas may still contract another multiply-add into an FMA:
+    within one final rounding of it). A row is read before its program writes
     any row, and only its own program writes it, so ``r`` may overwrite the
     residual."""
     wait_for_previous_grid(USE_PDL)
@@ -759,6 +760,24 @@ def row_lanes(segments: tuple[int, int, int], num_warps: int) -> int:
 # stayed in L2 across replays. 5376 at 8192 and 16384 rows takes the hints
 # unswept; the benchmark then measured 142.6 and 279.2 us (147.5 and 289.9
 # without, session 3's run).
+# The persistent kernel (session 6 of 2026-11-29, same machine and versions;
+# sweep_triple_rmsnorm.py --kernels persistent, results/
+# sweep_triple_rmsnorm_persistent.json, copy 4.2 TB/s; each candidate alone,
+# us, best persistent vs the table then): the 2-output mode gains at 4096 and
+# 16384 rows: 2560 exact rows in 8 warps, 4 programs per SM: 23.04 vs 23.99,
+# 85.36 vs 87.36 (3 per SM 85.33); 5376 exact in 8 warps, 4 per SM: 48.37 vs
+# 50.89, 184.22 vs 193.63 (2 per SM 183.51). Not measured between 512 and
+# 4096 rows, where the table keeps the row kernel. 1536 loses (13.92 vs 12.88,
+# 54.45 vs 49.93), and so does every 4-output launch, by 6-32%: 2816 x 4096
+# 43.57 vs 39.91, x 16384 164.9 vs 145.7 (chunks); 5376 x 4096 95.3 vs 73.2.
+# Nsight Compute at base clocks (benchmarks/profile_prefill_norms.py,
+# results/ncu_prefill_norms.txt) shows why prefetching is not what the
+# 4-output kernels lack: at 2816 x 4096 the exact row kernel issues an
+# instruction every 11.5 cycles per warp with 29.5 warps per SM (about 64% of
+# the schedulers' issue slots; the traffic-only kernel: 50 cycles), 58% SM
+# throughput, 57.5% DRAM throughput against the traffic kernel's 67.9% in
+# the same profile. The 4-output rows spend their time issuing arithmetic
+# (576 SASS instructions per thread for an 11-column lane, offline).
 # (outputs, hidden) -> (max n_rows, launch) buckets, the first that holds n_rows wins.
 _ALL_ROWS = 1 << 62
 _LAUNCH_TABLE: dict[tuple[int, int], tuple[tuple[int, TripleNormLaunch], ...]] = {
@@ -774,10 +793,14 @@ _LAUNCH_TABLE: dict[tuple[int, int], tuple[tuple[int, TripleNormLaunch], ...]] =
         (_ALL_ROWS, TripleNormLaunch("chunked", 2048, 1, 8, stream_hints=True)),
     ),
     (2, 1536): ((_ALL_ROWS, TripleNormLaunch("row", 1536, 1, 4)),),
-    (2, 2560): ((_ALL_ROWS, TripleNormLaunch("row", 2560, 1, 8)),),
+    (2, 2560): (
+        (4095, TripleNormLaunch("row", 2560, 1, 8)),
+        (_ALL_ROWS, TripleNormLaunch("persistent", 2560, 1, 8, programs_per_sm=4)),
+    ),
     (2, 5376): (
         (512, TripleNormLaunch("row", 8192, 1, 8)),
-        (_ALL_ROWS, TripleNormLaunch("row", 8192, 1, 16)),
+        (4095, TripleNormLaunch("row", 8192, 1, 16)),
+        (_ALL_ROWS, TripleNormLaunch("persistent", 5376, 1, 8, programs_per_sm=4)),
     ),
 }
 
