@@ -4,7 +4,9 @@ For each layer kind at its Gemma-4 width (MoE 2816, dense 5376, PLE 1536 and
 2560; by default MoE, dense and E4B) and each token count, every candidate
 launch (the row kernel's own launch: whole rows padded to a power of two in
 registers; the chunked kernel at 512, 1024 and 2048 columns in 4 or 8 warps,
-its passes after the first unrolled or rolled: ``unroll`` 0, 1, 2) is checked against the fp32
+its passes after the first unrolled or rolled: ``unroll`` 0, 1, 2; from 1024
+tokens the persistent kernel, exact and padded rows, 4-16 warps, 1-4 programs
+per SM; ``--kernels`` limits the candidates) is checked against the fp32
 reference (outputs poisoned first), then timed under CUDA-graph replay
 (benchmarks/harness.py: median us per call over rotated input sets); the
 fastest is timed again (the spread of one config). Baselines from
@@ -38,12 +40,14 @@ from functools import partial
 from pathlib import Path
 
 import torch
+import triton
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchmark_end_of_layer_norm as bench  # noqa: E402
 import harness  # noqa: E402
 
 from sglang_gemma4.kernels import end_of_layer_norm as eol  # noqa: E402
+from sglang_gemma4.kernels.row_segments import power_of_two_segments  # noqa: E402
 
 MODELS = ("26B-A4B", "31B", "E2B", "E4B")
 DEFAULT_MODELS = ["26B-A4B", "31B", "E4B"]
@@ -57,15 +61,39 @@ CHUNKED_CANDIDATES = [(1024, 4, 0), (1024, 8, 0), (2048, 8, 0), (1024, 4, 1), (1
 DRY_RUN = {"models": {"26B-A4B": ("moe", 160), "31B": ("dense", 336), "E2B": ("ple", 96)}, "tokens": [1, 20]}
 
 
-def candidates(hidden: int, tokens: int) -> list[eol.EndOfLayerLaunch]:
-    """The row kernel's launch, then the chunked kernel's candidates."""
-    return [eol.row_launch(hidden, tokens)] + [
+# The persistent kernel from this many tokens, with these programs per SM and
+# warps (those giving 4-32 columns of a padded row per thread).
+PERSISTENT_TOKENS_MIN = 1024
+PERSISTENT_PROGRAMS_PER_SM = (1, 2, 3, 4)
+PERSISTENT_WARPS = (4, 8, 16)
+KERNELS = ("row", "chunked", "persistent")
+
+
+def candidates(
+    hidden: int, tokens: int, kernels: tuple[str, ...] = KERNELS, persistent_min: int = PERSISTENT_TOKENS_MIN
+) -> list[eol.EndOfLayerLaunch]:
+    """The row kernel's launch, the chunked kernel's candidates, and from
+    ``persistent_min`` tokens the persistent kernel's: exact rows (where the
+    width is at most three powers of two) and padded ones; only ``kernels``."""
+    out = [eol.row_launch(hidden, tokens)] + [
         eol.EndOfLayerLaunch(chunk, 1, warps, "chunked", unroll) for chunk, warps, unroll in CHUNKED_CANDIDATES
     ]
+    if tokens >= persistent_min:
+        padded = triton.next_power_of_2(hidden)
+        blocks = [padded] + ([hidden] if hidden != padded and power_of_two_segments(hidden, 3) else [])
+        out += [
+            eol.EndOfLayerLaunch(block, 1, warps, "persistent", programs_per_sm=programs)
+            for block in blocks
+            for warps in PERSISTENT_WARPS
+            if 4 <= padded // (32 * warps) <= 32
+            for programs in PERSISTENT_PROGRAMS_PER_SM
+        ]
+    return [launch for launch in out if launch.kernel in kernels]
 
 
 def describe(launch: eol.EndOfLayerLaunch) -> str:
-    return f"{launch.kernel}:{launch.block_h}:r{launch.rows_per_program}:w{launch.num_warps}:u{launch.unroll}"
+    per_sm = f":{launch.programs_per_sm}/sm" if launch.kernel == "persistent" else ""
+    return f"{launch.kernel}:{launch.block_h}:r{launch.rows_per_program}:w{launch.num_warps}:u{launch.unroll}{per_sm}"
 
 
 def run(kind: str, t: bench.EndInputs, launch: eol.EndOfLayerLaunch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -96,7 +124,9 @@ def check_ok(c: dict) -> bool:
 # --------------------------------------------------------------------------- precompile
 
 
-def all_jobs(models: list[str], tokens_list: list[int], compile_min_tokens: int) -> list[tuple]:
+def all_jobs(
+    models: list[str], tokens_list: list[int], compile_min_tokens: int, kernels: tuple[str, ...] = KERNELS
+) -> list[tuple]:
     jobs: set[tuple] = set()
     for model in models:
         kind, hidden = bench.MODELS[model]
@@ -105,7 +135,7 @@ def all_jobs(models: list[str], tokens_list: list[int], compile_min_tokens: int)
                 jobs.add(("compile", model, tokens, None))
             # Triton specializes the row count on == 1 and on divisibility by 16: one stand-in per class.
             rows_class = 1 if tokens == 1 else 16 if tokens % 16 == 0 else 17
-            for launch in candidates(hidden, tokens) + [eol.launch_config(hidden, tokens)]:
+            for launch in candidates(hidden, tokens, kernels) + [eol.launch_config(hidden, tokens)]:
                 jobs.add(("triton", model, rows_class, launch))
     # Inductor first: it takes longest per job.
     return sorted(jobs, key=lambda j: (j[0] != "compile", repr(j)))
@@ -134,7 +164,9 @@ def compile_jobs(jobs: list[tuple]) -> int:
 # --------------------------------------------------------------------------- sweep
 
 
-def sweep_shape(model: str, tokens: int, copy_bw: float, dry_run: bool, compile_min_tokens: int) -> list[dict]:
+def sweep_shape(
+    model: str, tokens: int, copy_bw: float, dry_run: bool, compile_min_tokens: int, kernels: tuple[str, ...] = KERNELS
+) -> list[dict]:
     kind, hidden = DRY_RUN["models"][model] if dry_run else bench.MODELS[model]
     nbytes = bench.minimal_bytes(kind, tokens, hidden)
     sets = [bench.EndInputs(kind, tokens, hidden, seed=i) for i in range(1 if dry_run else harness.input_sets(nbytes))]
@@ -148,7 +180,7 @@ def sweep_shape(model: str, tokens: int, copy_bw: float, dry_run: bool, compile_
                      "copy_pct": round(100 * floor_us / us, 1) if us == us else float("nan"), **extra})
 
     table = eol.launch_config(hidden, tokens)
-    launches = candidates(hidden, tokens)
+    launches = candidates(hidden, tokens, kernels, persistent_min=1 if dry_run else PERSISTENT_TOKENS_MIN)
     for launch in launches + ([] if table in launches else [table]):
         tag = "table" if launch == table else "candidate"
         try:
@@ -204,6 +236,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=min(12, (os.cpu_count() or 2) - 1), help="compile processes")
     parser.add_argument("--wait-for", type=Path, help="before timing, wait until this file exists (GPU tests done)")
     parser.add_argument("--compile-min-tokens", type=int, default=2048, help="time torch.compile from here on")
+    parser.add_argument("--kernels", nargs="*", choices=KERNELS, default=list(KERNELS),
+                        help="candidates of these kernels (launch_config's is always timed)")
     parser.add_argument("--dry-run", action="store_true")
     args = parser.parse_args()
     if args.dry_run:
@@ -217,7 +251,7 @@ def main() -> None:
     copy_bw = harness.prepare_sweep(
         args.dry_run,
         args.workers,
-        lambda: [(compile_jobs, all_jobs(args.models, tokens_list, args.compile_min_tokens))],
+        lambda: [(compile_jobs, all_jobs(args.models, tokens_list, args.compile_min_tokens, tuple(args.kernels)))],
         started,
         args.wait_for,
     )
@@ -228,7 +262,7 @@ def main() -> None:
             if time.perf_counter() - timing_started > args.budget_s:
                 print(f"budget spent: skipping {model} tokens={tokens}", flush=True)
                 continue
-            rows += sweep_shape(model, tokens, copy_bw, args.dry_run, args.compile_min_tokens)
+            rows += sweep_shape(model, tokens, copy_bw, args.dry_run, args.compile_min_tokens, tuple(args.kernels))
             if not args.dry_run:  # after every shape, so a run cut short keeps what it measured
                 doc = {"benchmark": "sweep_end_of_layer_norm", **harness.environment(),
                        "copy_bandwidth_TBps": round(copy_bw, 3), "dtype": "bfloat16", "rows": rows}

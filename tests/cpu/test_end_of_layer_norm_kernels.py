@@ -207,6 +207,51 @@ def test_chunked_kernel_over_residual_zero_rows_and_strides(kind):
     assert torch.count_nonzero(h[2]) == 0 and torch.count_nonzero(next_in[2]) == 0
 
 
+def _persistent(block_h: int, num_warps: int, programs_per_sm: int) -> eol.EndOfLayerLaunch:
+    return eol.EndOfLayerLaunch(block_h, 1, num_warps, "persistent", programs_per_sm=programs_per_sm)
+
+
+# Exact rows of three and two segments and one, a padded row; 1-3 programs
+# (one "SM" under the interpreter), so programs walk several rows.
+PERSISTENT = {
+    "exact_3_segments": (896, _persistent(896, 2, 2)),
+    "exact_2_segments": (640, _persistent(640, 4, 1)),
+    "exact_1_segment": (128, _persistent(128, 1, 3)),
+    "padded": (200, _persistent(256, 2, 2)),
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
+@pytest.mark.parametrize("variant", PERSISTENT)
+@pytest.mark.parametrize("kind", KINDS)
+def test_persistent_kernel_matches_reference(kind, variant, dtype):
+    hidden, launch = PERSISTENT[variant]
+    # Fewer rows than programs, and more (enough elements that one final
+    # rounding falling the other way stays within check_case's share).
+    for tokens in (1, 9) if hidden > 256 else (9,):
+        check_case(end_of_layer_case(kind, tokens, hidden, dtype, seed=tokens), launch=launch)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_persistent_kernel_over_residual_zero_rows_and_strides(kind):
+    """``out`` aliasing ``residual`` (each row's residual is prefetched before
+    its ``h`` is stored), a zero row, tiny magnitudes, rows spaced wider than
+    ``hidden``, more rows than programs."""
+    case = end_of_layer_case(kind, 7, 640, torch.bfloat16, scale=SCALES["tiny"], zero_row=True, seed=29)
+    args = list(case.args)
+    wide = torch.randn(7, 704).to(torch.bfloat16)
+    wide[:, :640] = args[0]
+    args[0] = wide[:, :640]
+    case = dataclasses.replace(case, args=tuple(args))
+    want_h, want_next = case.expected()
+    residual = case.residual
+    h, next_in = case.run(out=residual, launch=_persistent(640, 4, 2))
+    assert h.data_ptr() == residual.data_ptr()
+    assert_within_one_rounding(h, want_h, "h")
+    assert_within_one_rounding(next_in, want_next, "next_in")
+    assert torch.count_nonzero(h[3]) == 0 and torch.count_nonzero(next_in[3]) == 0
+
+
 def test_bad_launches_raise():
     case = end_of_layer_case("moe", 4, 128, torch.bfloat16)
     bad = {
@@ -216,6 +261,8 @@ def test_bad_launches_raise():
         "unknown kernel": eol.EndOfLayerLaunch(128, 1, 4, "segments"),
         "unroll must be >= 0": _chunked(32, 2, -1),
         "0 for the row kernel": eol.EndOfLayerLaunch(128, 1, 4, "row", 1),
+        "programs_per_sm >= 1": eol.EndOfLayerLaunch(128, 1, 4, "persistent"),
+        "at most three powers": eol.EndOfLayerLaunch(64, 1, 4, "persistent", programs_per_sm=1),
     }
     for message, launch in bad.items():
         with pytest.raises(ValueError, match=message):

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from sglang_gemma4.kernels import end_of_layer_norm as eol
+from sglang_gemma4.kernels.row_segments import power_of_two_segments
 from tests.end_of_layer_norm_checks import KINDS, SCALES, assert_within_one_rounding, check_case, end_of_layer_case
 
 pytestmark = pytest.mark.gpu
@@ -128,3 +129,43 @@ def test_chunked_kernel_at_real_widths(kind, hidden, launch):
     assert_within_one_rounding(h, want_h, "h")
     assert_within_one_rounding(next_in, want_next, "next_in")
     assert torch.count_nonzero(h[128]) == 0 and torch.count_nonzero(next_in[128]) == 0
+
+
+def _persistent_launches(hidden: int) -> list[eol.EndOfLayerLaunch]:
+    """The persistent kernel's launches the sweep times at this width, at 1 and 4 programs per SM."""
+    padded = 1 << (hidden - 1).bit_length()
+    blocks = [padded] + ([hidden] if hidden != padded and power_of_two_segments(hidden, 3) else [])
+    return [
+        eol.EndOfLayerLaunch(block, 1, warps, "persistent", programs_per_sm=programs)
+        for block in blocks
+        for warps in (4, 8, 16)
+        if 4 <= padded // (32 * warps) <= 32
+        for programs in (1, 4)
+    ]
+
+
+PERSISTENT = [(kind, hidden, launch) for kind, hidden in REAL_WIDTHS for launch in _persistent_launches(hidden)]
+
+
+@pytest.mark.parametrize(
+    "kind,hidden,launch", PERSISTENT,
+    ids=[f"{k}{h}-b{lc.block_h}w{lc.num_warps}p{lc.programs_per_sm}" for k, h, lc in PERSISTENT],
+)
+def test_persistent_kernel_at_real_widths(kind, hidden, launch):
+    """The persistent kernel at 5000 rows (each program walks several rows; bf16),
+    at 300 rows in fp16 and fp32, and at 1000 strided rows written over their
+    residual with a zero row."""
+    check_case(end_of_layer_case(kind, 5000, hidden, torch.bfloat16, seed=6, device="cuda"), launch=launch)
+    for dtype in (torch.float16, torch.float32):
+        check_case(end_of_layer_case(kind, 300, hidden, dtype, seed=7, device="cuda"), launch=launch)
+    case = end_of_layer_case(kind, 1000, hidden, torch.bfloat16, zero_row=True, seed=9, device="cuda")
+    wide = torch.randn(1000, hidden + 64, device="cuda").to(torch.bfloat16)
+    wide[:, :hidden] = case.args[0]
+    case = dataclasses.replace(case, args=(wide[:, :hidden], *case.args[1:]))
+    want_h, want_next = case.expected()
+    residual = case.residual
+    h, next_in = case.run(out=residual, launch=launch)
+    assert h.data_ptr() == residual.data_ptr()
+    assert_within_one_rounding(h, want_h, "h")
+    assert_within_one_rounding(next_in, want_next, "next_in")
+    assert torch.count_nonzero(h[500]) == 0 and torch.count_nonzero(next_in[500]) == 0
