@@ -107,30 +107,31 @@ def test_launch_overrides_do_not_change_results(rows_per_program, num_warps):
 
 def test_launch_config():
     # Few rows: whole rows in registers, padded to a power of two.
-    assert eol.launch_config(128, 1) == (128, 16, 4, "row", 0)
-    assert eol.launch_config(1536, 1) == (2048, 1, 8, "row", 0)
-    assert eol.launch_config(2816, 1) == (4096, 1, 16, "row", 0)
-    assert eol.launch_config(2816, 511) == (4096, 1, 16, "row", 0)
-    assert eol.launch_config(5376, 511) == (8192, 1, 32, "row", 0)
-    # Many rows: the chunked kernel from each width's measured row counts, each bucket up to the next.
-    for hidden, buckets in eol.CHUNKED_TABLE.items():
+    assert eol.launch_config(128, 1) == (128, 16, 4, "row", 0, 0)
+    assert eol.launch_config(1536, 1) == (2048, 1, 8, "row", 0, 0)
+    assert eol.launch_config(2816, 1) == (4096, 1, 16, "row", 0, 0)
+    assert eol.launch_config(2816, 511) == (4096, 1, 16, "row", 0, 0)
+    assert eol.launch_config(5376, 511) == (8192, 1, 32, "row", 0, 0)
+    # Many rows: the chunked or persistent kernel from each width's measured row counts, each bucket up to the next.
+    for hidden, buckets in eol.PREFILL_TABLE.items():
         assert eol.launch_config(hidden, buckets[0][0] - 1).kernel == "row"
         for (min_rows, launch), (next_min, _) in zip(buckets, buckets[1:] + ((1 << 62, None),)):
-            assert launch.kernel == "chunked"
+            assert launch.kernel in ("chunked", "persistent")
             assert eol.launch_config(hidden, min_rows) == launch
             assert eol.launch_config(hidden, min(next_min - 1, 1 << 20)) == launch
-    assert eol.launch_config(2816, 16384) == (1024, 1, 4, "chunked", 1)
-    assert eol.launch_config(5376, 512) == (2048, 1, 8, "chunked", 0)
-    assert eol.launch_config(5376, 16384) == (1024, 1, 8, "chunked", 1)
+    assert eol.launch_config(2816, 1023) == (1024, 1, 4, "chunked", 0, 0)
+    assert eol.launch_config(2816, 16384) == (2816, 1, 8, "persistent", 0, 2)
+    assert eol.launch_config(5376, 512) == (2048, 1, 8, "chunked", 0, 0)
+    assert eol.launch_config(5376, 16384) == (1024, 1, 8, "chunked", 1, 0)
     assert eol.launch_config(1536, 4096).kernel == "row"
     # Other widths: the default rule; rows narrower than half a chunk stay whole.
-    ((min_rows, default),) = eol.CHUNKED_DEFAULT
+    ((min_rows, default),) = eol.PREFILL_DEFAULT
     assert eol.launch_config(4096, min_rows) == default
     assert eol.launch_config(4096, min_rows - 1).kernel == "row"
     assert eol.launch_config(default.block_h // 2, 16384).kernel == "row"
     # The row kernel's many-rows widths.
-    assert eol.row_launch(2816, eol.MANY_ROWS_MIN) == (4096, 1, 8, "row", 0)
-    assert eol.row_launch(5376, 16384) == (8192, 1, 32, "row", 0)
+    assert eol.row_launch(2816, eol.MANY_ROWS_MIN) == (4096, 1, 8, "row", 0, 0)
+    assert eol.row_launch(5376, 16384) == (8192, 1, 32, "row", 0, 0)
 
 
 def _chunked(chunk: int, num_warps: int = 2, unroll: int = 0) -> eol.EndOfLayerLaunch:

@@ -75,7 +75,7 @@ def test_cuda_graph_reads_scalar_on_device(kind):
 @pytest.mark.parametrize("tokens", [1, 1000, 5000, 20000])
 @pytest.mark.parametrize("kind,hidden", [("ple", 1536), ("ple", 2560), ("moe", 2816), ("dense", 5376)])
 def test_launch_table_matches_reference(kind, hidden, tokens):
-    """Whatever launch_config picks at each size (the chunked kernel from CHUNKED_TABLE's row counts) computes the reference."""
+    """Whatever launch_config picks at each size (the chunked kernel from PREFILL_TABLE's row counts) computes the reference."""
     check_case(end_of_layer_case(kind, tokens, hidden, torch.bfloat16, seed=tokens, device="cuda"))
 
 
@@ -93,7 +93,7 @@ def _launch_id(launch: eol.EndOfLayerLaunch) -> str:
 
 KIND_OF_WIDTH = {1536: "ple", 2560: "ple", 2816: "moe", 5376: "dense"}
 TABLE_ROLLED = sorted(
-    {(hidden, launch) for hidden, buckets in eol.CHUNKED_TABLE.items() for _, launch in buckets if launch.unroll}
+    {(hidden, launch) for hidden, buckets in eol.PREFILL_TABLE.items() for _, launch in buckets if launch.unroll}
 )
 
 

@@ -595,11 +595,20 @@ MANY_ROWS_WARPS = {2560: 8, 2816: 8}
 #   E2B 1536 (first sweep): 1024 x 4 at 16384 rows 52.4-54.6 vs the row kernel's 55.0, 4096 15.7 vs
 #     14.2-14.4 (row stays).
 # 1 row: the row kernel. hidden -> buckets (from this many rows, launch), the last one reached
-# wins; other widths: CHUNKED_DEFAULT.
-CHUNKED_TABLE: dict[int, tuple[tuple[int, EndOfLayerLaunch], ...]] = {
+# wins; other widths: PREFILL_DEFAULT.
+#
+# Persistent kernel (session 6 of 2026-11-29, same machine and versions; sweep_end_of_layer_norm.py
+# --kernels persistent, results/sweep_end_of_layer_norm_persistent.json, copy 4.22 TB/s; us, best vs
+# the table then, each candidate alone): MoE 2816, exact rows (2048 + 512 + 256) in 8 warps, 2 programs
+# per SM, first at every size: 1024 11.45 vs 12.40; 4096 36.15 vs 38.58 (compile 45.48); 8192 67.35
+# vs 70.22; 16384 128.71 vs 133.94 (85.0% of copy). Nsight Compute had found the chunked kernel
+# issue-bound there (69-80% SM throughput, 44-57% DRAM: it recomputes each pass from re-read inputs).
+# Dense 5376: the chunks stay (48.28 at 4096; persistent no better). E2B/E4B: within the run-to-run
+# spread of one launch (2-4% between its two timings), so unchanged.
+PREFILL_TABLE: dict[int, tuple[tuple[int, EndOfLayerLaunch], ...]] = {
     2816: (
         (512, EndOfLayerLaunch(1024, 1, 4, "chunked")),
-        (1024, EndOfLayerLaunch(1024, 1, 4, "chunked", unroll=1)),
+        (1024, EndOfLayerLaunch(2816, 1, 8, "persistent", programs_per_sm=2)),
     ),
     5376: (
         (512, EndOfLayerLaunch(2048, 1, 8, "chunked")),
@@ -611,7 +620,7 @@ CHUNKED_TABLE: dict[int, tuple[tuple[int, EndOfLayerLaunch], ...]] = {
     ),
     1536: ((16384, EndOfLayerLaunch(1024, 1, 4, "chunked")),),
 }
-CHUNKED_DEFAULT = ((2048, EndOfLayerLaunch(1024, 1, 4, "chunked")),)
+PREFILL_DEFAULT = ((2048, EndOfLayerLaunch(1024, 1, 4, "chunked")),)
 
 
 def row_launch(hidden: int, n_rows: int) -> EndOfLayerLaunch:
@@ -639,10 +648,10 @@ def row_launch(hidden: int, n_rows: int) -> EndOfLayerLaunch:
 
 def launch_config(hidden: int, n_rows: int) -> EndOfLayerLaunch:
     """How to launch the kernels for ``n_rows`` rows of ``hidden`` elements:
-    the chunked launch of the width's last bucket in ``CHUNKED_TABLE`` that
-    ``n_rows`` reaches (``CHUNKED_DEFAULT`` elsewhere, for rows wider than half
-    its chunk), else :func:`row_launch`."""
-    for min_rows, launch in reversed(CHUNKED_TABLE.get(hidden, CHUNKED_DEFAULT)):
+    the launch (chunked or persistent) of the width's last bucket in
+    ``PREFILL_TABLE`` that ``n_rows`` reaches (``PREFILL_DEFAULT``'s chunks
+    elsewhere, for rows wider than half a chunk), else :func:`row_launch`."""
+    for min_rows, launch in reversed(PREFILL_TABLE.get(hidden, PREFILL_DEFAULT)):
         if n_rows >= min_rows and hidden > launch.block_h // 2:
             return launch
     return row_launch(hidden, n_rows)
