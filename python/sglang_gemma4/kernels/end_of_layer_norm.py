@@ -41,7 +41,7 @@ so this kernel normalizes the rounded ``h``, which is what SGLang computes with
 a separate launch. With fp32 activations every rounding is the identity.
 
 Traffic: one pass over each input row from DRAM, two output rows written,
-weights from L2. Two kernels compute it:
+weights from L2. Three kernels compute it:
 
 * rows: one program holds ``ROWS`` whole rows in registers (padded to a power
   of two), each element loaded once (the latency-bound decode sizes);
@@ -52,7 +52,10 @@ weights from L2. Two kernels compute it:
   prefill sizes). Later passes re-read the row from L1/L2 and recompute with the
   same operations. The pass that sums ``h**2`` stores ``h``; the last pass reads
   the stored ``h`` back for ``next_in`` (the very value the next layer's norm
-  would read).
+  would read);
+* persistent: a fixed grid of a few programs per SM, each taking one row at a
+  time in registers (as power-of-two segments, no idle lanes), computing each
+  element once and prefetching its next row during this row's reductions.
 
 :func:`launch_config` picks the kernel and its shape by row width and count.
 

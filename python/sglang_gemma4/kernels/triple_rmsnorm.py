@@ -47,14 +47,16 @@ three normalizations share one rsqrt. (An earlier upstream router-norm fusion
 was reverted for a bf16 routing regression; matching the rounding points is
 what keeps the selected experts the same.)
 
-Two kernels, both reading each row once (attn_out, residual) and writing it
+Three kernels, all reading each row once (attn_out, residual) and writing it
 four (two) times, the minimum DRAM traffic: whole rows held in registers, each
 element loaded once, a row as power-of-two segments that add up to it
-(no idle lanes) or padded to a power of two; and one row per program walked in
-chunks over three passes, re-reading from cache, whose small register
-footprint keeps many rows in flight per SM. :func:`launch_config` picks the
-kernel and its shape from a table measured on the H200 (the 4-output mode
-takes the chunks for prefills; the 2-output mode whole rows at every size).
+(no idle lanes) or padded to a power of two; the same rows in a fixed
+(persistent) grid whose programs prefetch their next row; and one row per
+program walked in chunks over three passes, re-reading from cache, whose
+small register footprint keeps many rows in flight per SM.
+:func:`launch_config` picks the kernel and its shape from a table measured
+on the H200 (the 4-output mode takes the chunks for prefills; the 2-output
+mode whole rows, in the persistent grid from 4096 rows at 2560 and 5376).
 Two options of :class:`TripleNormLaunch` change how, not what, they compute:
 the chunked passes as rolled loops (as Inductor compiles this reduction: one
 chunk's registers live) instead of unrolled, and the sums of squares of ``s``
@@ -777,7 +779,10 @@ def row_lanes(segments: tuple[int, int, int], num_warps: int) -> int:
 # the schedulers' issue slots; the traffic-only kernel: 50 cycles), 58% SM
 # throughput, 57.5% DRAM throughput against the traffic kernel's 67.9% in
 # the same profile. The 4-output rows spend their time issuing arithmetic
-# (576 SASS instructions per thread for an 11-column lane, offline).
+# (576 SASS instructions per thread for an 11-column lane, offline). Weights
+# passed in fp32 (no bf16 -> fp32 conversion per element and row) were slower
+# at every size measured (benchmarks/sweep_weight_dtype.py, results/
+# sweep_weight_dtype.json: 2816 x 4096 43.80 vs 40.25 us, x 1 2.52 vs 2.31).
 # (outputs, hidden) -> (max n_rows, launch) buckets, the first that holds n_rows wins.
 _ALL_ROWS = 1 << 62
 _LAUNCH_TABLE: dict[tuple[int, int], tuple[tuple[int, TripleNormLaunch], ...]] = {
