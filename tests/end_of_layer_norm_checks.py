@@ -132,3 +132,30 @@ def check_case(case: EndOfLayerCase, **kwargs) -> tuple[torch.Tensor, torch.Tens
     assert_within_one_rounding(next_in, want_next, f"{case.kind} next_in", carried=carried)
     assert_within_one_rounding(next_in, eol.next_input_norm_reference(h, case.args[-1], EPS), f"{case.kind} next_in(h)")
     return h, next_in
+
+
+def check_strided_over_residual(
+    kind: str,
+    tokens: int,
+    hidden: int,
+    launch: eol.EndOfLayerLaunch,
+    *,
+    scale: float = 1.0,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+) -> None:
+    """``out`` written over ``residual``, the first input's rows spaced 64
+    elements wider than ``hidden``, the middle row zero: both outputs within one
+    rounding of the reference, the zero row's outputs zero."""
+    case = end_of_layer_case(kind, tokens, hidden, torch.bfloat16, scale=scale, zero_row=True, seed=seed, device=device)
+    wide = torch.randn(tokens, hidden + 64, device=device).to(torch.bfloat16)
+    wide[:, :hidden] = case.args[0]
+    case = dataclasses.replace(case, args=(wide[:, :hidden], *case.args[1:]))
+    want_h, want_next = case.expected()
+    residual = case.residual
+    h, next_in = case.run(out=residual, launch=launch)
+    assert h.data_ptr() == residual.data_ptr()
+    assert_within_one_rounding(h, want_h, "h")
+    assert_within_one_rounding(next_in, want_next, "next_in")
+    zero = tokens // 2
+    assert torch.count_nonzero(h[zero]) == 0 and torch.count_nonzero(next_in[zero]) == 0

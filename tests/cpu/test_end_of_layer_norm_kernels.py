@@ -18,6 +18,7 @@ from tests.end_of_layer_norm_checks import (
     SCALES,
     assert_within_one_rounding,
     check_case,
+    check_strided_over_residual,
     end_of_layer_case,
 )
 
@@ -193,19 +194,7 @@ def test_chunked_kernel_matches_row_kernel(kind):
 def test_chunked_kernel_over_residual_zero_rows_and_strides(kind):
     """``out`` aliasing ``residual``, a zero row, tiny magnitudes (eps dominates),
     rows spaced wider than ``hidden``."""
-    case = end_of_layer_case(kind, 5, 200, torch.bfloat16, scale=SCALES["tiny"], zero_row=True, seed=23)
-    args = list(case.args)
-    wide = torch.randn(5, 264).to(torch.bfloat16)
-    wide[:, :200] = args[0]
-    args[0] = wide[:, :200]
-    case = dataclasses.replace(case, args=tuple(args))
-    want_h, want_next = case.expected()
-    residual = case.residual
-    h, next_in = case.run(out=residual, launch=_chunked(64, 1))
-    assert h.data_ptr() == residual.data_ptr()
-    assert_within_one_rounding(h, want_h, "h")
-    assert_within_one_rounding(next_in, want_next, "next_in")
-    assert torch.count_nonzero(h[2]) == 0 and torch.count_nonzero(next_in[2]) == 0
+    check_strided_over_residual(kind, 5, 200, _chunked(64, 1), scale=SCALES["tiny"], seed=23)
 
 
 def _persistent(block_h: int, num_warps: int, programs_per_sm: int) -> eol.EndOfLayerLaunch:
@@ -238,19 +227,7 @@ def test_persistent_kernel_over_residual_zero_rows_and_strides(kind):
     """``out`` aliasing ``residual`` (each row's residual is prefetched before
     its ``h`` is stored), a zero row, tiny magnitudes, rows spaced wider than
     ``hidden``, more rows than programs."""
-    case = end_of_layer_case(kind, 7, 640, torch.bfloat16, scale=SCALES["tiny"], zero_row=True, seed=29)
-    args = list(case.args)
-    wide = torch.randn(7, 704).to(torch.bfloat16)
-    wide[:, :640] = args[0]
-    args[0] = wide[:, :640]
-    case = dataclasses.replace(case, args=tuple(args))
-    want_h, want_next = case.expected()
-    residual = case.residual
-    h, next_in = case.run(out=residual, launch=_persistent(640, 4, 2))
-    assert h.data_ptr() == residual.data_ptr()
-    assert_within_one_rounding(h, want_h, "h")
-    assert_within_one_rounding(next_in, want_next, "next_in")
-    assert torch.count_nonzero(h[3]) == 0 and torch.count_nonzero(next_in[3]) == 0
+    check_strided_over_residual(kind, 7, 640, _persistent(640, 4, 2), scale=SCALES["tiny"], seed=29)
 
 
 def test_bad_launches_raise():

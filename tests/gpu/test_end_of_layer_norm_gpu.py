@@ -8,14 +8,18 @@ Outputs are compared with the fp32 references (torch ops on the same GPU) to
 within one final rounding (tests/end_of_layer_norm_checks.py).
 """
 
-import dataclasses
-
 import pytest
 import torch
 
 from sglang_gemma4.kernels import end_of_layer_norm as eol
 from sglang_gemma4.kernels.row_segments import power_of_two_segments
-from tests.end_of_layer_norm_checks import KINDS, SCALES, assert_within_one_rounding, check_case, end_of_layer_case
+from tests.end_of_layer_norm_checks import (
+    KINDS,
+    SCALES,
+    check_case,
+    check_strided_over_residual,
+    end_of_layer_case,
+)
 
 pytestmark = pytest.mark.gpu
 
@@ -118,17 +122,7 @@ def test_chunked_kernel_at_real_widths(kind, hidden, launch):
     check_case(end_of_layer_case(kind, 4096, hidden, torch.bfloat16, seed=6, device="cuda"), launch=launch)
     for dtype in (torch.float16, torch.float32):
         check_case(end_of_layer_case(kind, 300, hidden, dtype, seed=7, device="cuda"), launch=launch)
-    case = end_of_layer_case(kind, 257, hidden, torch.bfloat16, zero_row=True, seed=9, device="cuda")
-    wide = torch.randn(257, hidden + 64, device="cuda").to(torch.bfloat16)
-    wide[:, :hidden] = case.args[0]
-    case = dataclasses.replace(case, args=(wide[:, :hidden], *case.args[1:]))
-    want_h, want_next = case.expected()
-    residual = case.residual
-    h, next_in = case.run(out=residual, launch=launch)
-    assert h.data_ptr() == residual.data_ptr()
-    assert_within_one_rounding(h, want_h, "h")
-    assert_within_one_rounding(next_in, want_next, "next_in")
-    assert torch.count_nonzero(h[128]) == 0 and torch.count_nonzero(next_in[128]) == 0
+    check_strided_over_residual(kind, 257, hidden, launch, seed=9, device="cuda")
 
 
 def _persistent_launches(hidden: int) -> list[eol.EndOfLayerLaunch]:
@@ -158,14 +152,4 @@ def test_persistent_kernel_at_real_widths(kind, hidden, launch):
     check_case(end_of_layer_case(kind, 5000, hidden, torch.bfloat16, seed=6, device="cuda"), launch=launch)
     for dtype in (torch.float16, torch.float32):
         check_case(end_of_layer_case(kind, 300, hidden, dtype, seed=7, device="cuda"), launch=launch)
-    case = end_of_layer_case(kind, 1000, hidden, torch.bfloat16, zero_row=True, seed=9, device="cuda")
-    wide = torch.randn(1000, hidden + 64, device="cuda").to(torch.bfloat16)
-    wide[:, :hidden] = case.args[0]
-    case = dataclasses.replace(case, args=(wide[:, :hidden], *case.args[1:]))
-    want_h, want_next = case.expected()
-    residual = case.residual
-    h, next_in = case.run(out=residual, launch=launch)
-    assert h.data_ptr() == residual.data_ptr()
-    assert_within_one_rounding(h, want_h, "h")
-    assert_within_one_rounding(next_in, want_next, "next_in")
-    assert torch.count_nonzero(h[500]) == 0 and torch.count_nonzero(next_in[500]) == 0
+    check_strided_over_residual(kind, 1000, hidden, launch, seed=9, device="cuda")
