@@ -4,8 +4,10 @@ Not a benchmark (nothing is timed here): the launches ncu reads, at the sizes
 where issues 6 and 8 state bandwidth targets. Run on the GPU machine::
 
     ncu --section SpeedOfLight --section Occupancy --section WarpStateStats \\
-        --launch-skip-before-match 0 -k regex:'_kernel' \\
+        --section LaunchStats --section MemoryWorkloadAnalysis -k regex:'kernel' \\
         python3 benchmarks/profile_prefill_norms.py
+
+(the command behind results/ncu_prefill_norms.txt).
 """
 
 from __future__ import annotations

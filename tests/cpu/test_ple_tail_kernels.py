@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from sglang_gemma4.kernels import ple_tail as pt
-from sglang_gemma4.kernels.row_segments import lanes_per_row, power_of_two_segments
+from sglang_gemma4.kernels.row_segments import block_segments, lanes_per_row, power_of_two_segments
 from sglang_gemma4.kernels.support import MAX_FUSED_ROW
 from tests.ple_tail_checks import EPS, whole_tail
 
@@ -278,6 +278,16 @@ def test_power_of_two_segments() -> None:
     assert lanes_per_row((1024, 512), 96, 16) == 64  # threads rounded down to a power of two
     assert lanes_per_row((1024, 512), 32, 8) == 128  # at most 8 adjacent columns per lane
     assert lanes_per_row((2048, 512), 1024, 8) == 512  # at most the smallest segment
+
+
+def test_block_segments() -> None:
+    assert block_segments(2816, 2816, 3) == (2048, 512, 256)  # exact
+    assert block_segments(2816, 4096, 3) == (4096, 0, 0)  # padded
+    assert block_segments(4096, 4096, 3) == (4096, 0, 0)
+    assert block_segments(1000, 1000, 3) is None  # six powers of two, not a power itself
+    assert block_segments(1000, 1024, 2) == (1024, 0)
+    assert block_segments(2816, 2048, 3) is None  # narrower than the row
+    assert block_segments(200, 384, 3) is None  # not a power of two
     assert lanes_per_row((64, 32), 0, 64) == 1
 
 

@@ -71,8 +71,9 @@ import triton
 import triton.language as tl
 
 from sglang_gemma4.kernels.dependent_launch import launch_kwargs, wait_for_previous_grid
+from sglang_gemma4.kernels.reductions import paired_sums
 from sglang_gemma4.kernels.rounding import round_to
-from sglang_gemma4.kernels.row_segments import lanes_per_row, power_of_two_segments
+from sglang_gemma4.kernels.row_segments import block_segments, lanes_per_row
 from sglang_gemma4.kernels.support import (
     FUSED_DTYPES,
     MAX_FUSED_ROW,
@@ -385,6 +386,14 @@ def _prefetch_row(
 
 
 @triton.jit
+def _segment_input_squares(x, x2):
+    """A segment's lanes' sums of squares of ``x`` and ``x2`` (fp32)."""
+    x = x.to(tl.float32)
+    x2 = x2.to(tl.float32)
+    return tl.sum(x * x, axis=1), tl.sum(x2 * x2, axis=1)
+
+
+@triton.jit
 def _segment_branches(x, x2, w_a_ptr, w_b_ptr, start, hidden, inv_a, inv_b, SEG: tl.constexpr,
                       LANES: tl.constexpr, MODE: tl.constexpr):
     """A segment's normalized input, fp32, unrounded: MoE ``rmsnorm(h1, w1) +
@@ -426,11 +435,6 @@ def _segment_next(h, w_next_ptr, next_row, start, hidden, inv_h, SEG: tl.constex
     act = next_row.dtype.element_ty
     next_in = h * inv_h * _load_weight(w_next_ptr, cols, col_ok)
     tl.store(next_row + cols, round_to(next_in, act, BF16_RNE_BY_BITS).to(act), mask=col_ok)
-
-
-@triton.jit
-def _add_pairs(a0, b0, a1, b1):
-    return a0 + a1, b0 + b1
 
 
 @triton.jit(do_not_specialize=["n_rows"])
@@ -490,22 +494,17 @@ def _end_of_layer_norm_persistent_kernel(
         next_row = next_ptr + r64 * hidden
 
         # The layer's input norms: one cross-thread reduction (paired for MoE).
-        f0 = x0.to(tl.float32)
-        g0 = y0.to(tl.float32)
-        lane_a = tl.sum(f0 * f0, axis=1)
-        lane_b = tl.sum(g0 * g0, axis=1)
+        lane_a, lane_b = _segment_input_squares(x0, y0)
         if SEG1 > 0:
-            f1 = x1.to(tl.float32)
-            g1 = y1.to(tl.float32)
-            lane_a += tl.sum(f1 * f1, axis=1)
-            lane_b += tl.sum(g1 * g1, axis=1)
+            lane_a1, lane_b1 = _segment_input_squares(x1, y1)
+            lane_a += lane_a1
+            lane_b += lane_b1
         if SEG2 > 0:
-            f2 = x2.to(tl.float32)
-            g2 = y2.to(tl.float32)
-            lane_a += tl.sum(f2 * f2, axis=1)
-            lane_b += tl.sum(g2 * g2, axis=1)
+            lane_a2, lane_b2 = _segment_input_squares(x2, y2)
+            lane_a += lane_a2
+            lane_b += lane_b2
         if MODE == 1:
-            sum_a, sum_b = tl.reduce((lane_a, lane_b), 0, _add_pairs)
+            sum_a, sum_b = paired_sums(lane_a, lane_b, 0)
         else:
             sum_a = tl.sum(lane_a, axis=0)
             sum_b = sum_a
@@ -821,19 +820,18 @@ def _launch(
     elif launch.kernel == "persistent":
         if launch.rows_per_program != 1 or launch.programs_per_sm < 1:
             raise ValueError(f"the persistent kernel takes one row at a time, programs_per_sm >= 1: {launch}")
-        segments = power_of_two_segments(hidden, 3) if launch.block_h == hidden else None
+        segments = block_segments(hidden, launch.block_h, 3)
         if segments is None:
-            if launch.block_h < hidden or launch.block_h & (launch.block_h - 1):
-                raise ValueError(
-                    f"the persistent kernel needs block_h = hidden ({hidden}) made of at most three powers "
-                    f"of two, or a power of two >= hidden: {launch}"
-                )
-            segments = (launch.block_h,)
-        seg0, seg1, seg2 = segments + (0,) * (3 - len(segments))
+            raise ValueError(
+                f"the persistent kernel needs block_h = hidden ({hidden}) made of at most three powers "
+                f"of two, or a power of two >= hidden: {launch}"
+            )
+        seg0, seg1, seg2 = segments
         programs = min(n_rows, launch.programs_per_sm * multiprocessor_count(x))
         _end_of_layer_norm_persistent_kernel[(programs,)](
             *args, MODE=mode, SEG0=seg0, SEG1=seg1, SEG2=seg2,
-            LANES=lanes_per_row(segments, 32 * launch.num_warps, 8), BF16_RNE_BY_BITS=bf16_by_bits,
+            LANES=lanes_per_row(tuple(seg for seg in segments if seg), 32 * launch.num_warps, 8),
+            BF16_RNE_BY_BITS=bf16_by_bits,
             num_warps=launch.num_warps, **pdl,
         )
     elif launch.kernel == "chunked":

@@ -9,7 +9,7 @@ each segment) lets a kernel add the segments' per-lane partial sums in
 registers and reduce across threads once per row.
 
 Pure Python (no torch, no triton): the launch helpers of the row kernels
-(ple_tail, triple_rmsnorm) use it.
+(ple_tail, triple_rmsnorm, end_of_layer_norm) use it.
 """
 
 from __future__ import annotations
@@ -23,6 +23,19 @@ def power_of_two_segments(n: int, max_segments: int) -> tuple[int, ...] | None:
         return None
     segments = tuple(1 << i for i in range(n.bit_length() - 1, -1, -1) if n >> i & 1)
     return segments if len(segments) <= max_segments else None
+
+
+def block_segments(hidden: int, block: int, max_segments: int) -> tuple[int, ...] | None:
+    """How a row of ``hidden`` elements is held in ``block`` lanes, as
+    ``max_segments`` sizes, largest first, zero-padded: ``hidden``'s powers of
+    two when ``block == hidden`` (exact, no idle lanes), else ``block`` alone
+    when it is a power of two >= ``hidden`` (padded); None when neither."""
+    segments = power_of_two_segments(hidden, max_segments) if block == hidden else None
+    if segments is None:
+        if block < hidden or block < 1 or block & (block - 1):
+            return None
+        segments = (block,)
+    return segments + (0,) * (max_segments - len(segments))
 
 
 def lanes_per_row(segments: tuple[int, ...], threads_per_row: int, max_columns_per_lane: int) -> int:

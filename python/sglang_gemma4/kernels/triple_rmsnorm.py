@@ -74,8 +74,9 @@ import triton
 import triton.language as tl
 
 from sglang_gemma4.kernels.dependent_launch import launch_kwargs, wait_for_previous_grid
+from sglang_gemma4.kernels.reductions import paired_sums
 from sglang_gemma4.kernels.rounding import round_to
-from sglang_gemma4.kernels.row_segments import power_of_two_segments
+from sglang_gemma4.kernels.row_segments import block_segments
 from sglang_gemma4.kernels.support import (
     MAX_FUSED_ROW,
     multiprocessor_count,
@@ -153,17 +154,11 @@ def _residual_sum(x, res, inv_x, w_post, act: tl.constexpr, BF16_RNE_BY_BITS: tl
 
 
 @triton.jit
-def _add_pairs(s_a, r_a, s_b, r_b):
-    return s_a + s_b, r_a + r_b
-
-
-@triton.jit
 def _sums_of_s_and_r(lane_s, lane_r, axis: tl.constexpr, PAIRED_SUMS: tl.constexpr):
     """The row sums of ``lane_s`` and ``lane_r`` along ``axis``. ``PAIRED_SUMS``:
-    both in one cross-thread reduction of the pair (one shared-memory round trip
-    and barrier instead of two; the same fp32 additions, possibly in another order)."""
+    both in one cross-thread reduction (:func:`paired_sums`)."""
     if PAIRED_SUMS:
-        sum_s, sum_r = tl.reduce((lane_s, lane_r), axis, _add_pairs)
+        sum_s, sum_r = paired_sums(lane_s, lane_r, axis)
     else:
         sum_s = tl.sum(lane_s, axis=axis)
         sum_r = tl.sum(lane_r, axis=axis)
@@ -672,10 +667,10 @@ class TripleNormLaunch(NamedTuple):
 def row_segments(hidden: int) -> tuple[int, int, int] | None:
     """``hidden`` as at most three powers of two, largest first, zero-padded
     (2816 -> (2048, 512, 256)); None when it needs more."""
-    segments = power_of_two_segments(hidden, 3)
+    segments = block_segments(hidden, hidden, 3)
     if segments is None:
         return None
-    seg0, seg1, seg2 = segments + (0,) * (3 - len(segments))
+    seg0, seg1, seg2 = segments
     return seg0, seg1, seg2
 
 
@@ -745,10 +740,10 @@ def row_lanes(segments: tuple[int, int, int], num_warps: int) -> int:
 # here. ptxas (sm_90, triton 3.8, offline): the exact 2816 row in 8 warps takes
 # 64 registers (4 programs, 4 rows in flight per SM), the 1024-column chunks in
 # 4 warps 53 (9 rows), the traffic kernel 16 at 16 warps (4 rows of 4096 lanes,
-# full occupancy). With as many rows in flight, what the norm loses is the
-# time a row spends in its two reductions with no load of its own in flight;
-# the untried candidate is a persistent kernel that issues the next row's
-# loads before this row's reductions.
+# full occupancy). The guess then: with as many rows in flight, what the norm
+# loses is the time a row spends in its two reductions with no load of its
+# own in flight. Session 6's persistent kernel, which issues the next row's
+# loads before this row's reductions, disproved it for the 4 outputs (below).
 
 # Eviction hints, 4 outputs (session 5 of 2026-11-29, same machine and
 # versions; benchmarks/sweep_stream_hints.py, results/sweep_stream_hints.json:
@@ -933,14 +928,12 @@ def _launch(
     if launch.kernel in ("row", "persistent"):
         if launch.rolled:
             raise ValueError(f"the row kernel has no loop to roll: {launch}")
-        segments = row_segments(hidden) if launch.block == hidden else None
+        segments = block_segments(hidden, launch.block, 3)
         if segments is None:
-            if launch.block < hidden or launch.block & (launch.block - 1):
-                raise ValueError(
-                    f"the row kernel needs a power-of-two block >= hidden ({hidden}), or hidden "
-                    f"itself if it is a sum of at most three powers of two: {launch}"
-                )
-            segments = (launch.block, 0, 0)
+            raise ValueError(
+                f"the row kernel needs a power-of-two block >= hidden ({hidden}), or hidden "
+                f"itself if it is a sum of at most three powers of two: {launch}"
+            )
         seg0, seg1, seg2 = segments
         segment_constants = dict(SEG0=seg0, SEG1=seg1, SEG2=seg2, LANES=row_lanes(segments, launch.num_warps))
         if launch.kernel == "row":
