@@ -6,7 +6,8 @@ launch (the row kernel's own launch: whole rows padded to a power of two in
 registers; the chunked kernel at 512, 1024 and 2048 columns in 4 or 8 warps,
 its passes after the first unrolled or rolled: ``unroll`` 0, 1, 2; from 1024
 tokens the persistent kernel, exact and padded rows, 4-16 warps, 1-4 programs
-per SM; ``--kernels`` limits the candidates) is checked against the fp32
+per SM, exact rows also with the activations cached in L2 only; ``--kernels``
+limits the candidates) is checked against the fp32
 reference (outputs poisoned first), then timed under CUDA-graph replay
 (benchmarks/harness.py: median us per call over rotated input sets); the
 fastest is timed again (the spread of one config). Baselines from
@@ -66,6 +67,9 @@ DRY_RUN = {"models": {"26B-A4B": ("moe", 160), "31B": ("dense", 336), "E2B": ("p
 PERSISTENT_TOKENS_MIN = 1024
 PERSISTENT_PROGRAMS_PER_SM = (1, 2, 3, 4)
 PERSISTENT_WARPS = (4, 8, 16)
+# Exact rows also with the activation loads cached in L2 only (act_cache
+# ".cg", so that the SM's L1 keeps the weights): these (warps, programs per SM).
+ACT_CACHE_SHAPES = ((8, 2), (8, 4), (4, 3))
 KERNELS = ("row", "chunked", "persistent")
 
 
@@ -88,11 +92,17 @@ def candidates(
             if 4 <= padded // (32 * warps) <= 32
             for programs in PERSISTENT_PROGRAMS_PER_SM
         ]
+        if blocks[-1] == hidden:
+            out += [
+                eol.EndOfLayerLaunch(hidden, 1, warps, "persistent", programs_per_sm=programs, act_cache=".cg")
+                for warps, programs in ACT_CACHE_SHAPES
+            ]
     return [launch for launch in out if launch.kernel in kernels]
 
 
 def describe(launch: eol.EndOfLayerLaunch) -> str:
     per_sm = f":{launch.programs_per_sm}/sm" if launch.kernel == "persistent" else ""
+    per_sm += f":{launch.act_cache}" if launch.act_cache else ""
     return f"{launch.kernel}:{launch.block_h}:r{launch.rows_per_program}:w{launch.num_warps}:u{launch.unroll}{per_sm}"
 
 

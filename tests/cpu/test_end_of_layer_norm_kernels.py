@@ -108,11 +108,11 @@ def test_launch_overrides_do_not_change_results(rows_per_program, num_warps):
 
 def test_launch_config():
     # Few rows: whole rows in registers, padded to a power of two.
-    assert eol.launch_config(128, 1) == (128, 16, 4, "row", 0, 0)
-    assert eol.launch_config(1536, 1) == (2048, 1, 8, "row", 0, 0)
-    assert eol.launch_config(2816, 1) == (4096, 1, 16, "row", 0, 0)
-    assert eol.launch_config(2816, 511) == (4096, 1, 16, "row", 0, 0)
-    assert eol.launch_config(5376, 511) == (8192, 1, 32, "row", 0, 0)
+    assert eol.launch_config(128, 1) == (128, 16, 4, "row", 0, 0, "")
+    assert eol.launch_config(1536, 1) == (2048, 1, 8, "row", 0, 0, "")
+    assert eol.launch_config(2816, 1) == (4096, 1, 16, "row", 0, 0, "")
+    assert eol.launch_config(2816, 511) == (4096, 1, 16, "row", 0, 0, "")
+    assert eol.launch_config(5376, 511) == (8192, 1, 32, "row", 0, 0, "")
     # Many rows: the chunked or persistent kernel from each width's measured row counts, each bucket up to the next.
     for hidden, buckets in eol.PREFILL_TABLE.items():
         assert eol.launch_config(hidden, buckets[0][0] - 1).kernel == "row"
@@ -120,10 +120,11 @@ def test_launch_config():
             assert launch.kernel in ("chunked", "persistent")
             assert eol.launch_config(hidden, min_rows) == launch
             assert eol.launch_config(hidden, min(next_min - 1, 1 << 20)) == launch
-    assert eol.launch_config(2816, 1023) == (1024, 1, 4, "chunked", 0, 0)
-    assert eol.launch_config(2816, 16384) == (2816, 1, 8, "persistent", 0, 2)
-    assert eol.launch_config(5376, 512) == (2048, 1, 8, "chunked", 0, 0)
-    assert eol.launch_config(5376, 16384) == (1024, 1, 8, "chunked", 1, 0)
+    assert eol.launch_config(2816, 1023) == (1024, 1, 4, "chunked", 0, 0, "")
+    assert eol.launch_config(2816, 4095) == (2816, 1, 8, "persistent", 0, 2, "")
+    assert eol.launch_config(2816, 16384) == (2816, 1, 8, "persistent", 0, 2, ".cg")
+    assert eol.launch_config(5376, 512) == (2048, 1, 8, "chunked", 0, 0, "")
+    assert eol.launch_config(5376, 16384) == (1024, 1, 8, "chunked", 1, 0, "")
     assert eol.launch_config(1536, 4096).kernel == "row"
     # Other widths: the default rule; rows narrower than half a chunk stay whole.
     ((min_rows, default),) = eol.PREFILL_DEFAULT
@@ -131,8 +132,8 @@ def test_launch_config():
     assert eol.launch_config(4096, min_rows - 1).kernel == "row"
     assert eol.launch_config(default.block_h // 2, 16384).kernel == "row"
     # The row kernel's many-rows widths.
-    assert eol.row_launch(2816, eol.MANY_ROWS_MIN) == (4096, 1, 8, "row", 0, 0)
-    assert eol.row_launch(5376, 16384) == (8192, 1, 32, "row", 0, 0)
+    assert eol.row_launch(2816, eol.MANY_ROWS_MIN) == (4096, 1, 8, "row", 0, 0, "")
+    assert eol.row_launch(5376, 16384) == (8192, 1, 32, "row", 0, 0, "")
 
 
 def _chunked(chunk: int, num_warps: int = 2, unroll: int = 0) -> eol.EndOfLayerLaunch:
@@ -202,9 +203,12 @@ def _persistent(block_h: int, num_warps: int, programs_per_sm: int) -> eol.EndOf
 
 
 # Exact rows of three and two segments and one, a padded row; 1-3 programs
-# (one "SM" under the interpreter), so programs walk several rows.
+# (one "SM" under the interpreter), so programs walk several rows. The
+# interpreter ignores the cache modifier of ".cg" loads: what runs there is
+# the code path that takes it.
 PERSISTENT = {
     "exact_3_segments": (896, _persistent(896, 2, 2)),
+    "exact_3_segments_l2_only": (896, _persistent(896, 2, 2)._replace(act_cache=".cg")),
     "exact_2_segments": (640, _persistent(640, 4, 1)),
     "exact_1_segment": (128, _persistent(128, 1, 3)),
     "padded": (200, _persistent(256, 2, 2)),
@@ -241,6 +245,8 @@ def test_bad_launches_raise():
         "0 for the row kernel": eol.EndOfLayerLaunch(128, 1, 4, "row", 1),
         "programs_per_sm >= 1": eol.EndOfLayerLaunch(128, 1, 4, "persistent"),
         "at most three powers": eol.EndOfLayerLaunch(64, 1, 4, "persistent", programs_per_sm=1),
+        "act_cache must be": eol.EndOfLayerLaunch(128, 1, 4, "persistent", programs_per_sm=1, act_cache=".cs"),
+        "except for the persistent kernel": _chunked(32)._replace(act_cache=".cg"),
     }
     for message, launch in bad.items():
         with pytest.raises(ValueError, match=message):

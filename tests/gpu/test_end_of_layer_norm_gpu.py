@@ -126,16 +126,20 @@ def test_chunked_kernel_at_real_widths(kind, hidden, launch):
 
 
 def _persistent_launches(hidden: int) -> list[eol.EndOfLayerLaunch]:
-    """The persistent kernel's launches the sweep times at this width, at 1 and 4 programs per SM."""
+    """The persistent kernel's launches the sweep times at this width, at 1 and 4
+    programs per SM; exact rows in 8 warps also with the activations cached in L2 only."""
     padded = 1 << (hidden - 1).bit_length()
     blocks = [padded] + ([hidden] if hidden != padded and power_of_two_segments(hidden, 3) else [])
-    return [
+    launches = [
         eol.EndOfLayerLaunch(block, 1, warps, "persistent", programs_per_sm=programs)
         for block in blocks
         for warps in (4, 8, 16)
         if 4 <= padded // (32 * warps) <= 32
         for programs in (1, 4)
     ]
+    if blocks[-1] == hidden != padded:
+        launches.append(eol.EndOfLayerLaunch(hidden, 1, 8, "persistent", programs_per_sm=2, act_cache=".cg"))
+    return launches
 
 
 PERSISTENT = [(kind, hidden, launch) for kind, hidden in REAL_WIDTHS for launch in _persistent_launches(hidden)]
@@ -143,7 +147,7 @@ PERSISTENT = [(kind, hidden, launch) for kind, hidden in REAL_WIDTHS for launch 
 
 @pytest.mark.parametrize(
     "kind,hidden,launch", PERSISTENT,
-    ids=[f"{k}{h}-b{lc.block_h}w{lc.num_warps}p{lc.programs_per_sm}" for k, h, lc in PERSISTENT],
+    ids=[f"{k}{h}-b{lc.block_h}w{lc.num_warps}p{lc.programs_per_sm}{lc.act_cache}" for k, h, lc in PERSISTENT],
 )
 def test_persistent_kernel_at_real_widths(kind, hidden, launch):
     """The persistent kernel at 5000 rows (each program walks several rows; bf16),

@@ -346,18 +346,30 @@ def _segment_cols(start, SEG: tl.constexpr, LANES: tl.constexpr):
 
 
 @triton.jit
+def _stream_load(ptrs, mask, ACT_CACHE: tl.constexpr):
+    """An activation load: with ``ACT_CACHE`` "" cached in L1 with the
+    ``evict_first`` hint, else with that cache modifier (".cg": in L2 only, so
+    the SM's L1 keeps the weights that every row reads)."""
+    if ACT_CACHE == "":
+        return tl.load(ptrs, mask=mask, other=0.0, eviction_policy="evict_first")
+    else:
+        return tl.load(ptrs, mask=mask, other=0.0, cache_modifier=ACT_CACHE)
+
+
+@triton.jit
 def _segment_inputs(
-    x_row, x2_row, res_row, start, hidden, ok, SEG: tl.constexpr, LANES: tl.constexpr, MODE: tl.constexpr
+    x_row, x2_row, res_row, start, hidden, ok, SEG: tl.constexpr, LANES: tl.constexpr, MODE: tl.constexpr,
+    ACT_CACHE: tl.constexpr,
 ):
     """Issue one segment's activation loads (``ok``: the row exists), in the
     activation dtype: a prefetch, converted where it is used."""
     cols = _segment_cols(start, SEG, LANES)
     mask = (cols < hidden) & ok
-    x = tl.load(x_row + cols, mask=mask, other=0.0, eviction_policy="evict_first")
+    x = _stream_load(x_row + cols, mask, ACT_CACHE)
     x2 = x
     if MODE == 1:
-        x2 = tl.load(x2_row + cols, mask=mask, other=0.0, eviction_policy="evict_first")
-    res = tl.load(res_row + cols, mask=mask, other=0.0, eviction_policy="evict_first")
+        x2 = _stream_load(x2_row + cols, mask, ACT_CACHE)
+    res = _stream_load(res_row + cols, mask, ACT_CACHE)
     return x, x2, res
 
 
@@ -365,6 +377,7 @@ def _segment_inputs(
 def _prefetch_row(
     x_ptr, x2_ptr, res_ptr, row, n_rows, hidden, x_stride, x2_stride, res_stride,
     SEG0: tl.constexpr, SEG1: tl.constexpr, SEG2: tl.constexpr, LANES: tl.constexpr, MODE: tl.constexpr,
+    ACT_CACHE: tl.constexpr,
 ):
     """Issue the loads of ``row``'s segments (none past ``n_rows``): ``x``,
     the MoE branch input ``x2`` (``x`` again otherwise) and ``residual`` of
@@ -376,12 +389,13 @@ def _prefetch_row(
     x_row = x_ptr + row64 * x_stride
     x2_row = x2_ptr + row64 * x2_stride
     res_row = res_ptr + row64 * res_stride
-    x0, y0, res0 = _segment_inputs(x_row, x2_row, res_row, 0, hidden, ok, SEG0, LANES, MODE)
+    x0, y0, res0 = _segment_inputs(x_row, x2_row, res_row, 0, hidden, ok, SEG0, LANES, MODE, ACT_CACHE)
     x1, y1, res1, x2, y2, res2 = x0, y0, res0, x0, y0, res0
     if SEG1 > 0:
-        x1, y1, res1 = _segment_inputs(x_row, x2_row, res_row, SEG0, hidden, ok, SEG1, LANES, MODE)
+        x1, y1, res1 = _segment_inputs(x_row, x2_row, res_row, SEG0, hidden, ok, SEG1, LANES, MODE, ACT_CACHE)
     if SEG2 > 0:
-        x2, y2, res2 = _segment_inputs(x_row, x2_row, res_row, SEG0 + SEG1, hidden, ok, SEG2, LANES, MODE)
+        x2, y2, res2 = _segment_inputs(x_row, x2_row, res_row, SEG0 + SEG1, hidden, ok, SEG2, LANES, MODE,
+                                       ACT_CACHE)
     return x0, y0, res0, x1, y1, res1, x2, y2, res2
 
 
@@ -461,6 +475,7 @@ def _end_of_layer_norm_persistent_kernel(
     SEG2: tl.constexpr,
     LANES: tl.constexpr,
     BF16_RNE_BY_BITS: tl.constexpr,
+    ACT_CACHE: tl.constexpr,
     USE_PDL: tl.constexpr = False,
 ):
     """The row kernel's computation in a fixed grid: program ``p`` takes rows
@@ -475,19 +490,21 @@ def _end_of_layer_norm_persistent_kernel(
     x 4096: 69% SM throughput, 44% DRAM). The MoE branches' two sums of
     squares go through one cross-thread reduction. A row's ``residual`` is
     read (prefetched) before its ``h`` is stored, and only its program writes
-    it, so ``out`` may be ``residual``."""
+    it, so ``out`` may be ``residual``. ``ACT_CACHE``: the activation loads'
+    cache modifier (:func:`_stream_load`)."""
     wait_for_previous_grid(USE_PDL)
     first = tl.program_id(0)
     step = tl.num_programs(0)
     scalar = tl.load(scalar_ptr).to(tl.float32)
     x0, y0, res0, x1, y1, res1, x2, y2, res2 = _prefetch_row(
-        x_ptr, x2_ptr, res_ptr, first, n_rows, hidden, x_stride, x2_stride, res_stride, SEG0, SEG1, SEG2, LANES, MODE
+        x_ptr, x2_ptr, res_ptr, first, n_rows, hidden, x_stride, x2_stride, res_stride, SEG0, SEG1, SEG2, LANES, MODE,
+        ACT_CACHE,
     )
     # One stage: the prefetch is written out here.
     for row in tl.range(first, n_rows, step, num_stages=1):
         n_x0, n_y0, n_res0, n_x1, n_y1, n_res1, n_x2, n_y2, n_res2 = _prefetch_row(
             x_ptr, x2_ptr, res_ptr, row + step, n_rows, hidden, x_stride, x2_stride, res_stride,
-            SEG0, SEG1, SEG2, LANES, MODE,
+            SEG0, SEG1, SEG2, LANES, MODE, ACT_CACHE,
         )
         r64 = row * tl.full([], 1, tl.int64)
         out_row = out_ptr + r64 * hidden
@@ -563,7 +580,9 @@ class EndOfLayerLaunch(NamedTuple):
     a time in ``programs_per_sm`` programs per SM (capped at the row count),
     each prefetching its next row; ``block_h`` either ``hidden`` itself, held
     as up to three power-of-two segments (no idle lanes), or a power of two
-    >= hidden."""
+    >= hidden. ``act_cache`` (persistent only): the activation loads' cache
+    modifier, "" (L1, hinted ``evict_first``) or ".cg" (L2 only, so that the
+    SM's L1 keeps the weights every row reads)."""
 
     block_h: int
     rows_per_program: int
@@ -571,6 +590,7 @@ class EndOfLayerLaunch(NamedTuple):
     kernel: str = "row"
     unroll: int = 0
     programs_per_sm: int = 0
+    act_cache: str = ""
 
 
 # Row kernel, measured on the H200 (torch 2.11, triton 3.6, bf16;
@@ -607,10 +627,22 @@ MANY_ROWS_WARPS = {2560: 8, 2816: 8}
 # issue-bound there (69-80% SM throughput, 44-57% DRAM: it recomputes each pass from re-read inputs).
 # Dense 5376: the chunks stay (48.28 at 4096; persistent no better). E2B/E4B: within the run-to-run
 # spread of one launch (2-4% between its two timings), so unchanged.
+#
+# Session 7 (2026-11-30, same machine and versions; sweep_end_of_layer_norm.py --kernels
+# persistent, results/sweep_end_of_layer_norm_session7.json, copy 4.04 TB/s; each launch alone,
+# us, candidate and repeat): the MoE persistent launch with its activation loads cached in L2 only
+# (act_cache ".cg", meant to leave L1 to the four weights each row reads; the triple norm's kernels
+# gained nothing from it, so why it helps here is not established) vs the table: 4096 35.44 /
+# 34.78-35.33 with 4 warps x 3 per SM vs 36.15; 8192 65.63-65.76 vs 66.70; 16384 126.66-127.05 vs
+# 128.39; 1024 11.65 vs 11.55 (no gain: the table takes it from 4096 rows). Dense 5376 and the
+# triple norm (sweep_triple_rmsnorm, same run): within 0.3%, unchanged. Also tried that session
+# and not kept (numbers in benchmarks/notes_issue6.md): the persistent kernel's weights loaded once
+# per program, and its row loads software-pipelined through shared memory.
 PREFILL_TABLE: dict[int, tuple[tuple[int, EndOfLayerLaunch], ...]] = {
     2816: (
         (512, EndOfLayerLaunch(1024, 1, 4, "chunked")),
         (1024, EndOfLayerLaunch(2816, 1, 8, "persistent", programs_per_sm=2)),
+        (4096, EndOfLayerLaunch(2816, 1, 8, "persistent", programs_per_sm=2, act_cache=".cg")),
     ),
     5376: (
         (512, EndOfLayerLaunch(2048, 1, 8, "chunked")),
@@ -807,6 +839,8 @@ def _launch(
         raise ValueError(f"block_h must be a power of two: {launch}")
     if launch.unroll < 0 or (launch.kernel == "row" and launch.unroll):
         raise ValueError(f"unroll must be >= 0, and 0 for the row kernel: {launch}")
+    if launch.act_cache not in ("", ".cg") or (launch.act_cache and launch.kernel != "persistent"):
+        raise ValueError(f"act_cache must be '' or '.cg', and '' except for the persistent kernel: {launch}")
     if launch.kernel == "row":
         rows = launch.rows_per_program
         if rows < 1 or rows & (rows - 1):
@@ -831,7 +865,7 @@ def _launch(
         _end_of_layer_norm_persistent_kernel[(programs,)](
             *args, MODE=mode, SEG0=seg0, SEG1=seg1, SEG2=seg2,
             LANES=lanes_per_row(tuple(seg for seg in segments if seg), 32 * launch.num_warps, 8),
-            BF16_RNE_BY_BITS=bf16_by_bits,
+            BF16_RNE_BY_BITS=bf16_by_bits, ACT_CACHE=launch.act_cache,
             num_warps=launch.num_warps, **pdl,
         )
     elif launch.kernel == "chunked":
