@@ -778,6 +778,18 @@ def row_lanes(segments: tuple[int, int, int], num_warps: int) -> int:
 # passed in fp32 (no bf16 -> fp32 conversion per element and row) were slower
 # at every size measured (benchmarks/sweep_weight_dtype.py, results/
 # sweep_weight_dtype.json: 2816 x 4096 43.80 vs 40.25 us, x 1 2.52 vs 2.31).
+# Tried in session 7 (2026-11-30, same machine and versions; sweep_triple_rmsnorm.py with the
+# candidates below added, each alone; us, 4 outputs at 2816) and not kept, since none beat the
+# table by more than ~1%:
+# * The persistent kernel's weights loaded once per program (118 registers in 8 warps, 2 programs
+#   per SM): 10% off the persistent kernel (x 4096 44.2 -> 39.75-39.85, x 8192 86.0 -> 77.06-77.11,
+#   x 16384 168.0 -> 150.9-151.1) but only level with the table (x 4096 40.27-40.29, x 8192 76.1-77.2,
+#   x 16384 146.0-147.5; x 1024 10.5 vs 9.6-9.95).
+# * Its row loads software-pipelined through shared memory instead (tl.range num_stages 2-3,
+#   cp.async): 47.3 at best at 4096 rows, 177.0 at 16384.
+# * Two exact rows per program (8 or 16 warps): 95.8-105.5 at 4096 rows.
+# * The activation loads cached in L2 only (".cg", so that L1 keeps the weights), row and
+#   persistent kernels: within 0.3% at 1024-16384 rows in both modes (x 4096 39.86 vs 39.88).
 # (outputs, hidden) -> (max n_rows, launch) buckets, the first that holds n_rows wins.
 _ALL_ROWS = 1 << 62
 _LAUNCH_TABLE: dict[tuple[int, int], tuple[tuple[int, TripleNormLaunch], ...]] = {
