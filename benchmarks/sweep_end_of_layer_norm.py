@@ -68,7 +68,7 @@ PERSISTENT_TOKENS_MIN = 1024
 PERSISTENT_PROGRAMS_PER_SM = (1, 2, 3, 4)
 PERSISTENT_WARPS = (4, 8, 16)
 # Exact rows also with the activation loads cached in L2 only (act_cache
-# ".cg", so that the SM's L1 keeps the weights): these (warps, programs per SM).
+# ".cg", meant to leave the SM's L1 to the weights): these (warps, programs per SM).
 ACT_CACHE_SHAPES = ((8, 2), (8, 4), (4, 3))
 KERNELS = ("row", "chunked", "persistent")
 
