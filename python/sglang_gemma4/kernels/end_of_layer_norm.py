@@ -73,7 +73,7 @@ import triton.language as tl
 from sglang_gemma4.kernels.dependent_launch import launch_kwargs, wait_for_previous_grid
 from sglang_gemma4.kernels.reductions import paired_sums
 from sglang_gemma4.kernels.rounding import round_to
-from sglang_gemma4.kernels.row_segments import block_segments, lanes_per_row
+from sglang_gemma4.kernels.row_segments import lanes_per_row, launch_segments
 from sglang_gemma4.kernels.support import (
     FUSED_DTYPES,
     MAX_FUSED_ROW,
@@ -348,8 +348,8 @@ def _segment_cols(start, SEG: tl.constexpr, LANES: tl.constexpr):
 @triton.jit
 def _stream_load(ptrs, mask, ACT_CACHE: tl.constexpr):
     """An activation load: with ``ACT_CACHE`` "" cached in L1 with the
-    ``evict_first`` hint, else with that cache modifier (".cg": in L2 only, so
-    the SM's L1 keeps the weights that every row reads)."""
+    ``evict_first`` hint, else with that cache modifier (".cg": in L2 only,
+    meant to leave the SM's L1 to the weights that every row reads)."""
     if ACT_CACHE == "":
         return tl.load(ptrs, mask=mask, other=0.0, eviction_policy="evict_first")
     else:
@@ -581,8 +581,8 @@ class EndOfLayerLaunch(NamedTuple):
     each prefetching its next row; ``block_h`` either ``hidden`` itself, held
     as up to three power-of-two segments (no idle lanes), or a power of two
     >= hidden. ``act_cache`` (persistent only): the activation loads' cache
-    modifier, "" (L1, hinted ``evict_first``) or ".cg" (L2 only, so that the
-    SM's L1 keeps the weights every row reads)."""
+    modifier, "" (L1, hinted ``evict_first``) or ".cg" (L2 only, meant to
+    leave the SM's L1 to the weights every row reads)."""
 
     block_h: int
     rows_per_program: int
@@ -854,12 +854,7 @@ def _launch(
     elif launch.kernel == "persistent":
         if launch.rows_per_program != 1 or launch.programs_per_sm < 1:
             raise ValueError(f"the persistent kernel takes one row at a time, programs_per_sm >= 1: {launch}")
-        segments = block_segments(hidden, launch.block_h, 3)
-        if segments is None:
-            raise ValueError(
-                f"the persistent kernel needs block_h = hidden ({hidden}) made of at most three powers "
-                f"of two, or a power of two >= hidden: {launch}"
-            )
+        segments = launch_segments(hidden, launch.block_h, launch)
         seg0, seg1, seg2 = segments
         programs = min(n_rows, launch.programs_per_sm * multiprocessor_count(x))
         _end_of_layer_norm_persistent_kernel[(programs,)](

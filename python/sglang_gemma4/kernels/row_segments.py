@@ -38,6 +38,20 @@ def block_segments(hidden: int, block: int, max_segments: int) -> tuple[int, ...
     return segments + (0,) * (max_segments - len(segments))
 
 
+def launch_segments(hidden: int, block: int, launch: object) -> tuple[int, int, int]:
+    """:func:`block_segments` with three segments, for the launch of a row or
+    persistent kernel; ``ValueError`` naming ``launch`` when the row cannot be
+    held in ``block`` lanes."""
+    segments = block_segments(hidden, block, 3)
+    if segments is None:
+        raise ValueError(
+            f"a row launch needs block = hidden ({hidden}) made of at most three powers of two, "
+            f"or a power of two >= hidden: {launch}"
+        )
+    seg0, seg1, seg2 = segments
+    return seg0, seg1, seg2
+
+
 def lanes_per_row(segments: tuple[int, ...], threads_per_row: int, max_columns_per_lane: int) -> int:
     """Lanes each segment is split over: one per thread of the row
     (``threads_per_row``, rounded down to a power of two), more where the largest

@@ -76,7 +76,7 @@ import triton.language as tl
 from sglang_gemma4.kernels.dependent_launch import launch_kwargs, wait_for_previous_grid
 from sglang_gemma4.kernels.reductions import paired_sums
 from sglang_gemma4.kernels.rounding import round_to
-from sglang_gemma4.kernels.row_segments import block_segments
+from sglang_gemma4.kernels.row_segments import block_segments, launch_segments
 from sglang_gemma4.kernels.support import (
     MAX_FUSED_ROW,
     multiprocessor_count,
@@ -940,12 +940,7 @@ def _launch(
     if launch.kernel in ("row", "persistent"):
         if launch.rolled:
             raise ValueError(f"the row kernel has no loop to roll: {launch}")
-        segments = block_segments(hidden, launch.block, 3)
-        if segments is None:
-            raise ValueError(
-                f"the row kernel needs a power-of-two block >= hidden ({hidden}), or hidden "
-                f"itself if it is a sum of at most three powers of two: {launch}"
-            )
+        segments = launch_segments(hidden, launch.block, launch)
         seg0, seg1, seg2 = segments
         segment_constants = dict(SEG0=seg0, SEG1=seg1, SEG2=seg2, LANES=row_lanes(segments, launch.num_warps))
         if launch.kernel == "row":
