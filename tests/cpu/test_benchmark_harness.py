@@ -24,7 +24,7 @@ def test_precompile_hands_every_job_to_exactly_one_process(capsys):
     "script",
     [
         "sweep_triple_rmsnorm", "sweep_ple_tail", "sweep_end_of_layer_norm", "sweep_stream_hints",
-        "sweep_ple_tail_in_context", "benchmark_traffic_mix",
+        "sweep_ple_tail_in_context", "benchmark_traffic_mix", "sweep_in_context", "inductor_configs",
     ],
 )
 def test_sweep_scripts_import(script):

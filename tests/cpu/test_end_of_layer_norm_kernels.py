@@ -107,24 +107,28 @@ def test_launch_overrides_do_not_change_results(rows_per_program, num_warps):
 
 
 def test_launch_config():
+    L = eol.EndOfLayerLaunch
     # Few rows: whole rows in registers, padded to a power of two.
-    assert eol.launch_config(128, 1) == (128, 16, 4, "row", 0, 0, "")
-    assert eol.launch_config(1536, 1) == (2048, 1, 8, "row", 0, 0, "")
-    assert eol.launch_config(2816, 1) == (4096, 1, 16, "row", 0, 0, "")
-    assert eol.launch_config(2816, 511) == (4096, 1, 16, "row", 0, 0, "")
-    assert eol.launch_config(5376, 511) == (8192, 1, 32, "row", 0, 0, "")
-    # Many rows: the chunked or persistent kernel from each width's measured row counts, each bucket up to the next.
+    assert eol.launch_config(128, 1) == L(128, 16, 4, "row")
+    assert eol.launch_config(1536, 1) == L(2048, 1, 8, "row")
+    assert eol.launch_config(2816, 1) == L(4096, 1, 16, "row")
+    assert eol.launch_config(2816, 256) == L(4096, 1, 16, "row")
+    assert eol.launch_config(5376, 128) == L(8192, 1, 32, "row")
+    # Many rows: each width's measured launches from their row counts, each bucket up to the next.
     for hidden, buckets in eol.PREFILL_TABLE.items():
-        assert eol.launch_config(hidden, buckets[0][0] - 1).kernel == "row"
+        assert eol.launch_config(hidden, buckets[0][0] - 1) == eol.row_launch(hidden, buckets[0][0] - 1)
         for (min_rows, launch), (next_min, _) in zip(buckets, buckets[1:] + ((1 << 62, None),)):
-            assert launch.kernel in ("chunked", "persistent")
             assert eol.launch_config(hidden, min_rows) == launch
             assert eol.launch_config(hidden, min(next_min - 1, 1 << 20)) == launch
-    assert eol.launch_config(2816, 1023) == (1024, 1, 4, "chunked", 0, 0, "")
-    assert eol.launch_config(2816, 4095) == (2816, 1, 8, "persistent", 0, 2, "")
-    assert eol.launch_config(2816, 16384) == (2816, 1, 8, "persistent", 0, 2, ".cg")
-    assert eol.launch_config(5376, 512) == (2048, 1, 8, "chunked", 0, 0, "")
-    assert eol.launch_config(5376, 16384) == (1024, 1, 8, "chunked", 1, 0, "")
+    assert eol.launch_config(2816, 384) == L(1024, 1, 4, "chunked", stream_hints=True)
+    assert eol.launch_config(2816, 1023) == L(1024, 1, 4, "chunked")
+    assert eol.launch_config(2816, 4095) == L(2816, 1, 8, "persistent", programs_per_sm=2)
+    assert eol.launch_config(2816, 16384) == L(2816, 1, 8, "persistent", programs_per_sm=2, act_cache=".cg")
+    assert eol.launch_config(5376, 192) == L(8192, 1, 16, "row")
+    assert eol.launch_config(5376, 512) == L(2048, 1, 8, "chunked", stream_hints=True)
+    assert eol.launch_config(5376, 1024) == L(2048, 1, 4, "chunked", stream_hints=True)
+    assert eol.launch_config(5376, 2048) == L(2048, 1, 4, "chunked")
+    assert eol.launch_config(5376, 16384) == L(1024, 1, 8, "chunked", unroll=1)
     assert eol.launch_config(1536, 4096).kernel == "row"
     # Other widths: the default rule; rows narrower than half a chunk stay whole.
     ((min_rows, default),) = eol.PREFILL_DEFAULT
@@ -132,8 +136,8 @@ def test_launch_config():
     assert eol.launch_config(4096, min_rows - 1).kernel == "row"
     assert eol.launch_config(default.block_h // 2, 16384).kernel == "row"
     # The row kernel's many-rows widths.
-    assert eol.row_launch(2816, eol.MANY_ROWS_MIN) == (4096, 1, 8, "row", 0, 0, "")
-    assert eol.row_launch(5376, 16384) == (8192, 1, 32, "row", 0, 0, "")
+    assert eol.row_launch(2816, eol.MANY_ROWS_MIN) == L(4096, 1, 8, "row")
+    assert eol.row_launch(5376, 16384) == L(8192, 1, 32, "row")
 
 
 def _chunked(chunk: int, num_warps: int = 2, unroll: int = 0) -> eol.EndOfLayerLaunch:
@@ -166,6 +170,20 @@ def test_rolled_passes_match_reference_and_unrolled_bits(kind, hidden, chunk, un
     rolled = check_case(case, launch=_chunked(chunk, 2, unroll))
     for a, b in zip(rolled, case.run(launch=_chunked(chunk, 2, 0))):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("unroll", [0, 1])
+@pytest.mark.parametrize("kind", KINDS)
+def test_stream_hints_give_the_same_bits(kind, unroll):
+    """Eviction hints change where the data is cached, not what is computed:
+    the reference within one rounding, and the bits of the unhinted launch
+    (``out`` over ``residual`` too)."""
+    case = end_of_layer_case(kind, 5, 333, torch.bfloat16, seed=41 + unroll)
+    hinted = _chunked(64, 2, unroll)._replace(stream_hints=True)
+    got = check_case(case, launch=hinted)
+    for a, b in zip(got, case.run(launch=_chunked(64, 2, unroll))):
+        assert torch.equal(a, b)
+    check_strided_over_residual(kind, 5, 200, hinted, seed=43)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -247,6 +265,7 @@ def test_bad_launches_raise():
         "at most three powers": eol.EndOfLayerLaunch(64, 1, 4, "persistent", programs_per_sm=1),
         "act_cache must be": eol.EndOfLayerLaunch(128, 1, 4, "persistent", programs_per_sm=1, act_cache=".cs"),
         "except for the persistent kernel": _chunked(32)._replace(act_cache=".cg"),
+        "stream_hints is an option of the chunked kernel": eol.EndOfLayerLaunch(128, 1, 4, "row", stream_hints=True),
     }
     for message, launch in bad.items():
         with pytest.raises(ValueError, match=message):

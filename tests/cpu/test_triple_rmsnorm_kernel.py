@@ -244,7 +244,9 @@ def test_launch_config_by_width_and_batch():
     assert launch_config(2816, 4097) == TripleNormLaunch("chunked", 1024, 1, 4)
     assert launch_config(5376, 128) == TripleNormLaunch("row", 8192, 1, 8, paired_sums=True)
     assert launch_config(5376, 256) == TripleNormLaunch("row", 5376, 1, 8, stream_hints=True, paired_sums=True)
-    assert launch_config(5376, 257) == TripleNormLaunch("chunked", 2048, 1, 8, stream_hints=True)
+    assert launch_config(5376, 257) == TripleNormLaunch("chunked", 2048, 1, 8, stream_hints=True, paired_sums=True)
+    assert launch_config(5376, 4095) == TripleNormLaunch("chunked", 2048, 1, 8, stream_hints=True, paired_sums=True)
+    assert launch_config(5376, 4096) == TripleNormLaunch("chunked", 2048, 1, 8, stream_hints=True)
     assert launch_config(5376, 16384) == TripleNormLaunch("chunked", 2048, 1, 8, stream_hints=True)
     assert launch_config(5376, 4095, moe_outputs=False) == TripleNormLaunch("row", 8192, 1, 16)
     assert launch_config(5376, 4096, moe_outputs=False) == TripleNormLaunch(

@@ -76,7 +76,7 @@ def test_cuda_graph_reads_scalar_on_device(kind):
     torch.testing.assert_close(next_in.float(), want_next.float(), rtol=2**-7, atol=2**-7)
 
 
-@pytest.mark.parametrize("tokens", [1, 1000, 5000, 20000])
+@pytest.mark.parametrize("tokens", [1, 192, 384, 700, 1000, 2000, 5000, 20000])
 @pytest.mark.parametrize("kind,hidden", [("ple", 1536), ("ple", 2560), ("moe", 2816), ("dense", 5376)])
 def test_launch_table_matches_reference(kind, hidden, tokens):
     """Whatever launch_config picks at each size (the chunked kernel from PREFILL_TABLE's row counts) computes the reference."""
@@ -85,14 +85,15 @@ def test_launch_table_matches_reference(kind, hidden, tokens):
 
 REAL_WIDTHS = [("ple", 1536), ("ple", 2560), ("moe", 2816), ("dense", 5376)]
 # The chunked kernel's launches the sweep times (benchmarks/sweep_end_of_layer_norm.py):
-# (chunk columns, warps, unroll of passes 2-4).
-CHUNKED = [eol.EndOfLayerLaunch(chunk, 1, warps, "chunked", unroll) for chunk, warps, unroll in (
-    (1024, 4, 0), (1024, 8, 0), (2048, 8, 0), (1024, 4, 1), (1024, 4, 2), (1024, 8, 1), (2048, 8, 1),
-    (512, 4, 0), (512, 4, 1))]
+# (chunk columns, warps, unroll of passes 2-4, eviction hints).
+CHUNKED = [eol.EndOfLayerLaunch(chunk, 1, warps, "chunked", unroll, stream_hints=hints) for chunk, warps, unroll, hints in (
+    (1024, 4, 0, False), (1024, 8, 0, False), (2048, 8, 0, False), (1024, 4, 1, False), (1024, 4, 2, False),
+    (1024, 8, 1, False), (2048, 8, 1, False), (512, 4, 0, False), (512, 4, 1, False), (2048, 4, 0, False),
+    (2048, 16, 0, False), (1024, 4, 0, True), (2048, 8, 0, True), (2048, 4, 0, True), (1024, 8, 1, True))]
 
 
 def _launch_id(launch: eol.EndOfLayerLaunch) -> str:
-    return f"c{launch.block_h}w{launch.num_warps}u{launch.unroll}"
+    return f"c{launch.block_h}w{launch.num_warps}u{launch.unroll}{'h' if launch.stream_hints else ''}"
 
 
 KIND_OF_WIDTH = {1536: "ple", 2560: "ple", 2816: "moe", 5376: "dense"}
@@ -112,6 +113,22 @@ def test_table_rolled_launches_give_the_unrolled_bits(hidden, launch):
     case = end_of_layer_case(KIND_OF_WIDTH[hidden], 4096, hidden, torch.bfloat16, seed=12, device="cuda")
     for a, b in zip(case.run(launch=launch), case.run(launch=launch._replace(unroll=0))):
         assert torch.equal(a, b)
+
+
+TABLE_HINTED = sorted(
+    {(hidden, launch) for hidden, buckets in eol.PREFILL_TABLE.items() for _, launch in buckets if launch.stream_hints}
+)
+
+
+@pytest.mark.parametrize("hidden,launch", TABLE_HINTED, ids=lambda v: str(v) if isinstance(v, int) else _launch_id(v))
+def test_table_hinted_launches_give_the_unhinted_bits(hidden, launch):
+    """Eviction hints move where the rows are cached, not what is computed:
+    the table's hinted launches give the bits of the same launch without them
+    (bf16, 384 rows, ``out`` over ``residual`` too)."""
+    case = end_of_layer_case(KIND_OF_WIDTH[hidden], 384, hidden, torch.bfloat16, seed=14, device="cuda")
+    for a, b in zip(case.run(launch=launch), case.run(launch=launch._replace(stream_hints=False))):
+        assert torch.equal(a, b)
+    check_strided_over_residual(KIND_OF_WIDTH[hidden], 300, hidden, launch, seed=15, device="cuda")
 
 
 @pytest.mark.parametrize("launch", CHUNKED, ids=_launch_id)

@@ -68,6 +68,7 @@ def variants(hidden: int) -> dict[str, TripleNormLaunch]:
         "chunked_2048_w8": TripleNormLaunch("chunked", 2048, 1, 8),
         "chunked_1024_w8_rolled": TripleNormLaunch("chunked", 1024, 1, 8, rolled=True),
         "chunked_2048_w16_rolled_paired": TripleNormLaunch("chunked", 2048, 1, 16, rolled=True, paired_sums=True),
+        "chunked_2048_w8_hints_paired": TripleNormLaunch("chunked", 2048, 1, 8, stream_hints=True, paired_sums=True),
         "row_exact_paired": TripleNormLaunch("row", hidden, 1, 8, paired_sums=True),
         "row_padded_w8_paired": TripleNormLaunch("row", padded, 1, 8, paired_sums=True),
         "persistent_exact_2x": TripleNormLaunch("persistent", hidden, 1, 8, programs_per_sm=2),
@@ -109,6 +110,7 @@ def test_every_variant_at_any_batch(hidden, dtype, variant):
 SAME_BITS = [
     ("chunked_1024_w8_rolled", TripleNormLaunch("chunked", 1024, 1, 8)),
     ("chunked_2048_w16_rolled_paired", TripleNormLaunch("chunked", 2048, 1, 16, rolled=True)),
+    ("chunked_2048_w8_hints_paired", TripleNormLaunch("chunked", 2048, 1, 8, stream_hints=True)),
     ("row_exact_paired", TripleNormLaunch("row", 0, 1, 8)),
     ("row_padded_w8_paired", TripleNormLaunch("row", 0, 1, 8)),
 ]

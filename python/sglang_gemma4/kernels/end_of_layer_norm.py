@@ -175,49 +175,50 @@ def _row_inv_rms(lane_sums, hidden, eps):
 
 
 @triton.jit
-def _moe_branch_sum(x_row, x2_row, w_a_ptr, w_b_ptr, cols, col_ok, inv_a, inv_b):
+def _moe_branch_sum(x_row, x2_row, w_a_ptr, w_b_ptr, cols, col_ok, inv_a, inv_b, EVICT: tl.constexpr):
     """``rmsnorm(h1, w1) + rmsnorm(h2, w2)`` of one chunk, fp32, not rounded."""
-    x = tl.load(x_row + cols, mask=col_ok, other=0.0).to(tl.float32)
-    x2 = tl.load(x2_row + cols, mask=col_ok, other=0.0).to(tl.float32)
+    x = tl.load(x_row + cols, mask=col_ok, other=0.0, eviction_policy=EVICT).to(tl.float32)
+    x2 = tl.load(x2_row + cols, mask=col_ok, other=0.0, eviction_policy=EVICT).to(tl.float32)
     combined = x * inv_a * _load_weight(w_a_ptr, cols, col_ok)
     return combined + x2 * inv_b * _load_weight(w_b_ptr, cols, col_ok)
 
 
 @triton.jit
-def _input_sums_chunk(x_row, x2_row, cols, hidden, sum_a, sum_b, MODE: tl.constexpr):
+def _input_sums_chunk(x_row, x2_row, cols, hidden, sum_a, sum_b, MODE: tl.constexpr, EVICT: tl.constexpr):
     """Pass 1 on one chunk: per-lane sums of squares of the layer's inputs."""
     col_ok = cols < hidden
-    x = tl.load(x_row + cols, mask=col_ok, other=0.0).to(tl.float32)
+    x = tl.load(x_row + cols, mask=col_ok, other=0.0, eviction_policy=EVICT).to(tl.float32)
     sum_a += x * x
     if MODE == 1:
-        x2 = tl.load(x2_row + cols, mask=col_ok, other=0.0).to(tl.float32)
+        x2 = tl.load(x2_row + cols, mask=col_ok, other=0.0, eviction_policy=EVICT).to(tl.float32)
         sum_b += x2 * x2
     return sum_a, sum_b
 
 
 @triton.jit
-def _branch_sum_sums_chunk(x_row, x2_row, w_a_ptr, w_b_ptr, cols, hidden, inv_a, inv_b, sum_c):
+def _branch_sum_sums_chunk(x_row, x2_row, w_a_ptr, w_b_ptr, cols, hidden, inv_a, inv_b, sum_c, EVICT: tl.constexpr):
     """Pass 2 (MoE) on one chunk: per-lane sums of squares of the fp32 branch sum."""
-    combined = _moe_branch_sum(x_row, x2_row, w_a_ptr, w_b_ptr, cols, cols < hidden, inv_a, inv_b)
+    combined = _moe_branch_sum(x_row, x2_row, w_a_ptr, w_b_ptr, cols, cols < hidden, inv_a, inv_b, EVICT)
     return sum_c + combined * combined
 
 
 @triton.jit
 def _store_h_chunk(
     x_row, x2_row, res_row, out_row, w_a_ptr, w_b_ptr, w_c_ptr, cols, hidden, inv_a, inv_b, inv_c, scalar,
-    sum_h, MODE: tl.constexpr, BF16_RNE_BY_BITS: tl.constexpr,
+    sum_h, MODE: tl.constexpr, BF16_RNE_BY_BITS: tl.constexpr, EVICT: tl.constexpr,
 ):
     """Pass 3 on one chunk: ``h`` stored (read ``residual`` first, so ``out`` may
-    alias it), and per-lane sums of squares of the rounded ``h``."""
+    alias it), and per-lane sums of squares of the rounded ``h``. ``EVICT``:
+    the eviction hint of these last reads of the inputs."""
     col_ok = cols < hidden
     act = out_row.dtype.element_ty
-    res = tl.load(res_row + cols, mask=col_ok, other=0.0).to(tl.float32)
+    res = tl.load(res_row + cols, mask=col_ok, other=0.0, eviction_policy=EVICT).to(tl.float32)
     if MODE == 1:
-        combined = _moe_branch_sum(x_row, x2_row, w_a_ptr, w_b_ptr, cols, col_ok, inv_a, inv_b)
+        combined = _moe_branch_sum(x_row, x2_row, w_a_ptr, w_b_ptr, cols, col_ok, inv_a, inv_b, EVICT)
         normed = combined * inv_c * _load_weight(w_c_ptr, cols, col_ok)
         h = round_to((normed + res) * scalar, act, BF16_RNE_BY_BITS)
     else:
-        x = tl.load(x_row + cols, mask=col_ok, other=0.0).to(tl.float32)
+        x = tl.load(x_row + cols, mask=col_ok, other=0.0, eviction_policy=EVICT).to(tl.float32)
         normed = x * inv_a * _load_weight(w_a_ptr, cols, col_ok)
         if MODE == 2:
             # Eager PLE tail: norm, add and scale each store their output.
@@ -231,11 +232,13 @@ def _store_h_chunk(
 
 
 @triton.jit
-def _store_next_chunk(out_row, next_row, w_next_ptr, cols, hidden, inv_h, BF16_RNE_BY_BITS: tl.constexpr):
-    """Pass 4 on one chunk: ``next_in`` from the stored ``h``."""
+def _store_next_chunk(
+    out_row, next_row, w_next_ptr, cols, hidden, inv_h, BF16_RNE_BY_BITS: tl.constexpr, EVICT: tl.constexpr
+):
+    """Pass 4 on one chunk: ``next_in`` from the stored ``h`` (read with ``EVICT``)."""
     col_ok = cols < hidden
     act = out_row.dtype.element_ty
-    h = tl.load(out_row + cols, mask=col_ok, other=0.0).to(tl.float32)
+    h = tl.load(out_row + cols, mask=col_ok, other=0.0, eviction_policy=EVICT).to(tl.float32)
     next_in = h * inv_h * _load_weight(w_next_ptr, cols, col_ok)
     tl.store(next_row + cols, round_to(next_in, act, BF16_RNE_BY_BITS).to(act), mask=col_ok)
 
@@ -263,6 +266,8 @@ def _end_of_layer_norm_chunked_kernel(
     NUM_CHUNKS: tl.constexpr,
     UNROLL: tl.constexpr,
     BF16_RNE_BY_BITS: tl.constexpr,
+    REREAD_EVICT: tl.constexpr,
+    LAST_EVICT: tl.constexpr,
     USE_PDL: tl.constexpr = False,
 ):
     """One row per program (``n_rows`` programs), ``CHUNK`` columns at a time.
@@ -282,7 +287,11 @@ def _end_of_layer_norm_chunked_kernel(
     unrolled n chunks at a time (1: rolled; MoE 1024 x 4: 74 registers), so
     more rows fit on an SM, at the cost of re-reads (and pass 3's ``residual``
     reads from DRAM) issued n chunks at a time. Every lane adds its chunks in
-    the same order either way: the results are the same bits."""
+    the same order either way: the results are the same bits.
+
+    Eviction hints of the activations' reads: ``REREAD_EVICT`` where a later
+    pass reads them again (passes 1 and 2), ``LAST_EVICT`` for their last
+    reads (pass 3, and ``h`` in pass 4); "" for none."""
     wait_for_previous_grid(USE_PDL)
     row = tl.program_id(0).to(tl.int64)
     x_row = x_ptr + row * x_stride
@@ -298,7 +307,7 @@ def _end_of_layer_norm_chunked_kernel(
     # Unrolled whatever UNROLL says: all of the row's first DRAM reads in flight
     # at once (rolling this pass saved 2 of 76 registers, sm_90, MoE 1024 x 4).
     for c in tl.static_range(NUM_CHUNKS):
-        sum_a, sum_b = _input_sums_chunk(x_row, x2_row, c * CHUNK + lanes, hidden, sum_a, sum_b, MODE)
+        sum_a, sum_b = _input_sums_chunk(x_row, x2_row, c * CHUNK + lanes, hidden, sum_a, sum_b, MODE, REREAD_EVICT)
     inv_a = _row_inv_rms(sum_a, hidden, eps)
     inv_b = _row_inv_rms(sum_b, hidden, eps)
 
@@ -308,22 +317,24 @@ def _end_of_layer_norm_chunked_kernel(
         if UNROLL == 0:
             for c in tl.static_range(NUM_CHUNKS):
                 sum_c = _branch_sum_sums_chunk(x_row, x2_row, w_a_ptr, w_b_ptr, c * CHUNK + lanes, hidden,
-                                               inv_a, inv_b, sum_c)
+                                               inv_a, inv_b, sum_c, REREAD_EVICT)
         else:
             for c in tl.range(0, NUM_CHUNKS, loop_unroll_factor=UNROLL):
                 sum_c = _branch_sum_sums_chunk(x_row, x2_row, w_a_ptr, w_b_ptr, c * CHUNK + lanes, hidden,
-                                               inv_a, inv_b, sum_c)
+                                               inv_a, inv_b, sum_c, REREAD_EVICT)
         inv_c = _row_inv_rms(sum_c, hidden, eps)
 
     sum_h = tl.zeros([CHUNK], dtype=tl.float32)
     if UNROLL == 0:
         for c in tl.static_range(NUM_CHUNKS):
             sum_h = _store_h_chunk(x_row, x2_row, res_row, out_row, w_a_ptr, w_b_ptr, w_c_ptr, c * CHUNK + lanes,
-                                   hidden, inv_a, inv_b, inv_c, scalar, sum_h, MODE, BF16_RNE_BY_BITS)
+                                   hidden, inv_a, inv_b, inv_c, scalar, sum_h, MODE, BF16_RNE_BY_BITS,
+                                   LAST_EVICT)
     else:
         for c in tl.range(0, NUM_CHUNKS, loop_unroll_factor=UNROLL):
             sum_h = _store_h_chunk(x_row, x2_row, res_row, out_row, w_a_ptr, w_b_ptr, w_c_ptr, c * CHUNK + lanes,
-                                   hidden, inv_a, inv_b, inv_c, scalar, sum_h, MODE, BF16_RNE_BY_BITS)
+                                   hidden, inv_a, inv_b, inv_c, scalar, sum_h, MODE, BF16_RNE_BY_BITS,
+                                   LAST_EVICT)
     inv_h = _row_inv_rms(sum_h, hidden, eps)
 
     # Pass 4 reads h as other threads of this program stored it: the barrier
@@ -331,10 +342,12 @@ def _end_of_layer_norm_chunked_kernel(
     tl.debug_barrier()
     if UNROLL == 0:
         for c in tl.static_range(NUM_CHUNKS):
-            _store_next_chunk(out_row, next_row, w_next_ptr, c * CHUNK + lanes, hidden, inv_h, BF16_RNE_BY_BITS)
+            _store_next_chunk(out_row, next_row, w_next_ptr, c * CHUNK + lanes, hidden, inv_h, BF16_RNE_BY_BITS,
+                              LAST_EVICT)
     else:
         for c in tl.range(0, NUM_CHUNKS, loop_unroll_factor=UNROLL):
-            _store_next_chunk(out_row, next_row, w_next_ptr, c * CHUNK + lanes, hidden, inv_h, BF16_RNE_BY_BITS)
+            _store_next_chunk(out_row, next_row, w_next_ptr, c * CHUNK + lanes, hidden, inv_h, BF16_RNE_BY_BITS,
+                              LAST_EVICT)
 
 
 @triton.jit
@@ -582,7 +595,11 @@ class EndOfLayerLaunch(NamedTuple):
     as up to three power-of-two segments (no idle lanes), or a power of two
     >= hidden. ``act_cache`` (persistent only): the activation loads' cache
     modifier, "" (L1, hinted ``evict_first``) or ".cg" (L2 only, meant to
-    leave the SM's L1 to the weights every row reads)."""
+    leave the SM's L1 to the weights every row reads). ``stream_hints``
+    (chunked only): the activations' reads hinted ``evict_last`` where a later
+    pass reads them again and ``evict_first`` where they are read for the
+    last time (so that a row's re-reads find it in L2 while other rows stream
+    through)."""
 
     block_h: int
     rows_per_program: int
@@ -591,6 +608,7 @@ class EndOfLayerLaunch(NamedTuple):
     unroll: int = 0
     programs_per_sm: int = 0
     act_cache: str = ""
+    stream_hints: bool = False
 
 
 # Row kernel, measured on the H200 (torch 2.11, triton 3.6, bf16;
@@ -638,15 +656,36 @@ MANY_ROWS_WARPS = {2560: 8, 2816: 8}
 # triple norm (sweep_triple_rmsnorm, same run): within 0.3%, unchanged. Also tried that session
 # and not kept (numbers in benchmarks/notes_issue6.md): the persistent kernel's weights loaded once
 # per program, and its row loads software-pipelined through shared memory.
+#
+# Session 8 (2026-11-30, same machine and versions; benchmarks/sweep_in_context.py,
+# results/sweep_in_context.json): each launch timed as the benchmarks time it, in
+# harness.LAYOUTS memory layouts with the input sets rotated past the L2, at row counts the
+# benchmarks had skipped. torch.compile beat the table for the dense 31B at 192-1024 rows
+# (us, table vs compile: 192 4.74 vs 4.40, 384 6.93 vs 5.61, 768 11.46 vs 10.75, 1024 13.39
+# vs 12.84) and for the MoE at 384 (6.92 vs 6.45). Inductor's kernel there (its generated
+# source, read on the device) walks the row in 2048-column chunks in 16 warps and hints its
+# loads: evict_last where a later pass reads again, evict_first for the last read. With those
+# hints (``stream_hints``) and a warp count that keeps every row resident in one wave (the
+# H200's 132 SMs hold 4 programs of 2048 x 8 warps each, 8 of 2048 x 4), us, chosen vs
+# compile: dense 192 row of 8192 lanes in 16 warps 4.14 vs 4.47 (first run; 256: 4.38 vs
+# 4.67); 384 2048 x 8 with hints 5.62 vs 5.61 (level: no candidate beat
+# Inductor there); 512 6.67 vs 6.91; 768 2048 x 4 with hints 9.49 vs 10.75; 1024 12.19 vs
+# 12.84; 1536 2048 x 4 20.08 vs 20.88; 3072 35.72 vs 38.79. MoE 384: 1024 x 4 with hints 5.72
+# vs 6.45 (512: 6.80 vs 6.93 without; at 768 the hints lost, 11.81 vs 8.59). The bucket edges
+# at 264 and 529 rows are where the 2048-column launches stop fitting in one wave.
 PREFILL_TABLE: dict[int, tuple[tuple[int, EndOfLayerLaunch], ...]] = {
     2816: (
-        (512, EndOfLayerLaunch(1024, 1, 4, "chunked")),
+        (257, EndOfLayerLaunch(1024, 1, 4, "chunked", stream_hints=True)),
+        (529, EndOfLayerLaunch(1024, 1, 4, "chunked")),
         (1024, EndOfLayerLaunch(2816, 1, 8, "persistent", programs_per_sm=2)),
         (4096, EndOfLayerLaunch(2816, 1, 8, "persistent", programs_per_sm=2, act_cache=".cg")),
     ),
     5376: (
-        (512, EndOfLayerLaunch(2048, 1, 8, "chunked")),
-        (1024, EndOfLayerLaunch(1024, 1, 8, "chunked", unroll=1)),
+        (129, EndOfLayerLaunch(8192, 1, 16)),
+        (264, EndOfLayerLaunch(2048, 1, 8, "chunked", stream_hints=True)),
+        (529, EndOfLayerLaunch(2048, 1, 4, "chunked", stream_hints=True)),
+        (1057, EndOfLayerLaunch(2048, 1, 4, "chunked")),
+        (4096, EndOfLayerLaunch(1024, 1, 8, "chunked", unroll=1)),
     ),
     2560: (
         (512, EndOfLayerLaunch(1024, 1, 8, "chunked", unroll=1)),
@@ -682,7 +721,7 @@ def row_launch(hidden: int, n_rows: int) -> EndOfLayerLaunch:
 
 def launch_config(hidden: int, n_rows: int) -> EndOfLayerLaunch:
     """How to launch the kernels for ``n_rows`` rows of ``hidden`` elements:
-    the launch (chunked or persistent) of the width's last bucket in
+    the launch (row, chunked or persistent) of the width's last bucket in
     ``PREFILL_TABLE`` that ``n_rows`` reaches (``PREFILL_DEFAULT``'s chunks
     elsewhere, for rows wider than half a chunk), else :func:`row_launch`."""
     for min_rows, launch in reversed(PREFILL_TABLE.get(hidden, PREFILL_DEFAULT)):
@@ -841,6 +880,8 @@ def _launch(
         raise ValueError(f"unroll must be >= 0, and 0 for the row kernel: {launch}")
     if launch.act_cache not in ("", ".cg") or (launch.act_cache and launch.kernel != "persistent"):
         raise ValueError(f"act_cache must be '' or '.cg', and '' except for the persistent kernel: {launch}")
+    if launch.stream_hints and launch.kernel != "chunked":
+        raise ValueError(f"stream_hints is an option of the chunked kernel only: {launch}")
     if launch.kernel == "row":
         rows = launch.rows_per_program
         if rows < 1 or rows & (rows - 1):
@@ -868,7 +909,10 @@ def _launch(
             raise ValueError(f"the chunked kernel takes one row per program: {launch}")
         _end_of_layer_norm_chunked_kernel[(n_rows,)](
             *args, MODE=mode, CHUNK=launch.block_h, NUM_CHUNKS=triton.cdiv(hidden, launch.block_h),
-            UNROLL=launch.unroll, BF16_RNE_BY_BITS=bf16_by_bits, num_warps=launch.num_warps, **pdl,
+            UNROLL=launch.unroll, BF16_RNE_BY_BITS=bf16_by_bits,
+            REREAD_EVICT="evict_last" if launch.stream_hints else "",
+            LAST_EVICT="evict_first" if launch.stream_hints else "",
+            num_warps=launch.num_warps, **pdl,
         )
     else:
         raise ValueError(f"unknown kernel {launch.kernel!r}")

@@ -790,6 +790,16 @@ def row_lanes(segments: tuple[int, int, int], num_warps: int) -> int:
 # * Two exact rows per program (8 or 16 warps): 95.8-105.5 at 4096 rows.
 # * The activation loads cached in L2 only (".cg", so that L1 keeps the weights), row and
 #   persistent kernels: within 0.3% at 1024-16384 rows in both modes (x 4096 39.86 vs 39.88).
+# Session 8 (2026-11-30, same machine and versions; benchmarks/sweep_in_context.py,
+# results/sweep_in_context.json: each launch timed in harness.LAYOUTS memory layouts, as the
+# benchmark times it, at 192-3072 rows): the 4-output 5376 chunks with paired sums against the
+# table's unpaired ones vs torch.compile, us: 384 9.02 vs 9.23 (compile 9.04), 512 10.41 vs
+# 10.79 (10.92), 768 17.14 vs 18.13 (17.01: still slower than Inductor, by 0.8%), 1024 19.79
+# vs 20.65 (22.84), 1536 28.92 vs 30.13, 3072 52.75 vs 54.70; not measured from 4096 rows,
+# where the unpaired chunks stay. Also tried there and slower: the chunks' first two passes
+# hinted evict_last (as Inductor hints its first reads; 384 9.29, 1024 22.16), 1024-column
+# chunks rolled in 4 or 8 warps (Inductor's shape at 768 rows: 17.48, 17.98), 2048 x 16 warps.
+# 2816: the table was 1.09-1.75x compile at 192-3072 rows and stays.
 # (outputs, hidden) -> (max n_rows, launch) buckets, the first that holds n_rows wins.
 _ALL_ROWS = 1 << 62
 _LAUNCH_TABLE: dict[tuple[int, int], tuple[tuple[int, TripleNormLaunch], ...]] = {
@@ -802,6 +812,7 @@ _LAUNCH_TABLE: dict[tuple[int, int], tuple[tuple[int, TripleNormLaunch], ...]] =
     (4, 5376): (
         (128, TripleNormLaunch("row", 8192, 1, 8, paired_sums=True)),
         (256, TripleNormLaunch("row", 5376, 1, 8, stream_hints=True, paired_sums=True)),
+        (4095, TripleNormLaunch("chunked", 2048, 1, 8, stream_hints=True, paired_sums=True)),
         (_ALL_ROWS, TripleNormLaunch("chunked", 2048, 1, 8, stream_hints=True)),
     ),
     (2, 1536): ((_ALL_ROWS, TripleNormLaunch("row", 1536, 1, 4)),),
