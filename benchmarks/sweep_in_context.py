@@ -51,7 +51,7 @@ from sglang_gemma4.kernels import triple_rmsnorm as tr  # noqa: E402
 
 TOKENS = [384, 768, 512, 1024, 192, 1536, 3072]
 # (case, hidden): the dense (31B) and MoE (26B-A4B) end of layer, the 4-output triple norm.
-CASES = {"eol-dense": 5376, "eol-moe": 2816, "triple-5376": 5376, "triple-2816": 2816}
+CASES = {"eol-dense": 5376, "eol-moe": 2816, "triple-5376": 5376, "triple-2816": 2816, "norm_add-5376": 5376}
 EOL_KIND = {5376: "dense", 2816: "moe"}
 EOL_MODEL = {5376: "31B", 2816: "26B-A4B"}
 
@@ -92,6 +92,20 @@ def triple_candidates(hidden: int) -> list[tr.TripleNormLaunch]:
     return rows + chunks
 
 
+def norm_add_candidates(hidden: int) -> list[tr.TripleNormLaunch]:
+    """The 2-output mode (31B post-attention): padded and exact rows, the
+    chunks in 4-16 warps, the persistent kernel; the last reads hinted."""
+    padded = triton.next_power_of_2(hidden)
+    rows = [tr.TripleNormLaunch("row", padded, 1, w) for w in (8, 16)]
+    rows += [tr.TripleNormLaunch("row", block, 1, 8, stream_hints=True) for block in (padded, hidden)]
+    chunks = [
+        tr.TripleNormLaunch("chunked", chunk, 1, warps, stream_hints=True)
+        for chunk, warps in ((2048, 16), (2048, 8), (2048, 4), (1024, 8), (1024, 4))
+    ]
+    persistent = [tr.TripleNormLaunch("persistent", hidden, 1, 8, programs_per_sm=p) for p in (2, 4)]
+    return rows + chunks + persistent
+
+
 def eol_case(hidden: int, tokens: int) -> tuple[dict[str, Callable], Callable[[], list], int, dict, Callable]:
     kind = EOL_KIND[hidden]
     nbytes = beol.minimal_bytes(kind, tokens, hidden)
@@ -110,21 +124,25 @@ def eol_case(hidden: int, tokens: int) -> tuple[dict[str, Callable], Callable[[]
     return impls, make_sets, nbytes, base, lambda: beol.check_outputs_agree(beol.EndInputs(kind, tokens, hidden, 0), impls)
 
 
-def triple_case(hidden: int, tokens: int) -> tuple[dict[str, Callable], Callable[[], list], int, dict, Callable]:
-    nbytes = btr.minimal_bytes(tokens, hidden, 4)
-    impls: dict[str, Callable] = {"table": btr.fused}
-    for launch in triple_candidates(hidden):
-        impls[str_.describe(launch)] = partial(btr.fused, launch=launch)
-    impls["torch_compile"] = btr.compiled_reference()
+def triple_case(
+    hidden: int, tokens: int, mode: str = "triple"
+) -> tuple[dict[str, Callable], Callable[[], list], int, dict, Callable]:
+    m = btr.MODES[mode]
+    nbytes = btr.minimal_bytes(tokens, hidden, m.outputs)
+    impls: dict[str, Callable] = {"table": m.fused}
+    for launch in (triple_candidates if mode == "triple" else norm_add_candidates)(hidden):
+        impls[str_.describe(launch)] = partial(m.fused, launch=launch)
+    impls["torch_compile"] = m.compiled()
 
     def make_sets() -> list:
         return [btr.NormInputs(tokens, hidden, seed=i) for i in range(harness.input_sets(nbytes))]
 
     def check() -> None:
-        btr.check_outputs_agree(btr.NormInputs(tokens, hidden, seed=0), impls, btr.MODES["triple"].eager)
+        btr.check_outputs_agree(btr.NormInputs(tokens, hidden, seed=0), impls, m.eager)
 
-    base = {"op": "triple", "model": {2816: "26B-A4B", 5376: "31B-width"}[hidden], "hidden": hidden,
-            "tokens": tokens, "table_launch": str(tr.launch_config(hidden, tokens, True))}
+    model = {2816: "26B-A4B", 5376: "31B-width" if mode == "triple" else "31B"}[hidden]
+    base = {"op": m.op, "model": model, "hidden": hidden, "tokens": tokens,
+            "table_launch": str(tr.launch_config(hidden, tokens, m.outputs == 4))}
     return impls, make_sets, nbytes, base, check
 
 
@@ -143,7 +161,10 @@ def main() -> None:
     for tokens in args.tokens:
         for case in args.cases:
             hidden = CASES[case]
-            impls, make_sets, nbytes, base, check = (eol_case if case.startswith("eol") else triple_case)(hidden, tokens)
+            if case.startswith("eol"):
+                impls, make_sets, nbytes, base, check = eol_case(hidden, tokens)
+            else:
+                impls, make_sets, nbytes, base, check = triple_case(hidden, tokens, case.split("-")[0])
             check()
             measured = harness.timed_rows(impls, list(impls), make_sets, base, nbytes, copy_bw)
             rows += measured
