@@ -128,7 +128,11 @@ KERNELS = [
         8,
     ),
     (eol._end_of_layer_norm_kernel, dict(MODE=1, ROWS=1, BLOCK_H=4096), 16),
-    (eol._end_of_layer_norm_chunked_kernel, dict(MODE=1, CHUNK=1024, NUM_CHUNKS=3, UNROLL=1), 4),
+    (
+        eol._end_of_layer_norm_chunked_kernel,
+        dict(MODE=1, CHUNK=1024, NUM_CHUNKS=3, UNROLL=1, REREAD_EVICT="evict_last", LAST_EVICT="evict_first"),
+        4,
+    ),
     (eol._end_of_layer_norm_persistent_kernel, dict(MODE=1, SEG0=2048, SEG1=512, SEG2=256, LANES=256, ACT_CACHE=".cg"), 8),
     (qnr._qkv_norm_rope_kernel, dict(NUM_Q_HEADS=8, NUM_KV_HEADS=2, HEAD_DIM=256, HALF=128), 1),
 ]

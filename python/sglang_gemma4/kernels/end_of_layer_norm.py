@@ -668,8 +668,8 @@ MANY_ROWS_WARPS = {2560: 8, 2816: 8}
 # hints (``stream_hints``) and a warp count that keeps every row resident in one wave (the
 # H200's 132 SMs hold 4 programs of 2048 x 8 warps each, 8 of 2048 x 4), us, chosen vs
 # compile: dense 192 row of 8192 lanes in 16 warps 4.14 vs 4.47 (first run; 256: 4.38 vs
-# 4.67); 384 2048 x 8 with hints 5.62 vs 5.61 (level: no candidate beat
-# Inductor there); 512 6.67 vs 6.91; 768 2048 x 4 with hints 9.49 vs 10.75; 1024 12.19 vs
+# 4.67); 384 2048 x 8 with hints 5.62 vs 5.61 (level: no candidate beat Inductor there);
+# 512 6.67 vs 6.91; 768 2048 x 4 with hints 9.49 vs 10.75; 1024 12.19 vs
 # 12.84; 1536 2048 x 4 20.08 vs 20.88; 3072 35.72 vs 38.79. MoE 384: 1024 x 4 with hints 5.72
 # vs 6.45 (512: 6.80 vs 6.93 without; at 768 the hints lost, 11.81 vs 8.59). The bucket edges
 # at 264 and 529 rows are where the 2048-column launches stop fitting in one wave.
