@@ -51,7 +51,9 @@ from sglang_gemma4.kernels import end_of_layer_norm as eol  # noqa: E402
 # name -> (layer kind, hidden)
 MODELS = {"26B-A4B": ("moe", 2816), "31B": ("dense", 5376), "E2B": ("ple", 1536), "E4B": ("ple", 2560)}
 DEFAULT_MODELS = ("26B-A4B", "31B")
-TOKENS = [1, 2, 8, 32, 128, 512, 2048, 4096, 8192, 16384]
+# 384 and 768 tokens: where a launch fits in one wave or not changes between the powers of two, and
+# torch.compile beat earlier launch tables there (benchmarks/notes_issue6.md, session 8).
+TOKENS = [1, 2, 8, 32, 128, 256, 384, 512, 768, 1024, 2048, 4096, 8192, 16384]
 DTYPE = torch.bfloat16
 EPS = 1e-6
 DEVICE = "cuda"  # a module constant so a CPU dry run (Triton interpreter) can swap it

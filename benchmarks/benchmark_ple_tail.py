@@ -48,7 +48,9 @@ from sglang_gemma4.kernels import ple_tail as pt  # noqa: E402
 MODELS = {"E2B": (1536, 35), "E4B": (2560, 42)}  # name -> (hidden, num_hidden_layers)
 PER_LAYER_DIM = 256
 LAYER = 7  # which layer's per_layer_input slice; only its row stride matters
-TOKENS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 8192, 16384]
+# 384 and 768 tokens: where a launch fits in one wave or not changes between the powers of two, and
+# torch.compile beat earlier launch tables there (benchmarks/notes_issue6.md, session 8).
+TOKENS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 384, 512, 768, 1024, 4096, 8192, 16384]
 DTYPE = torch.bfloat16
 EPS = 1e-6
 IMPLS = ("fused", "sglang", "torch_compile", "eager")

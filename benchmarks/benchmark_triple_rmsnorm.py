@@ -57,7 +57,9 @@ from sglang_gemma4.kernels import triple_rmsnorm as tr  # noqa: E402
 
 MODELS = {"26B-A4B": 2816, "31B-width": 5376}  # the 31B is dense; its row width tests the wide case
 NORM_ADD_MODELS = {"E2B": 1536, "E4B": 2560, "31B": 5376}  # dense and PLE layers: (r, dense_in)
-TOKENS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 8192, 16384]
+# 384 and 768 tokens: where a launch fits in one wave or not changes between the powers of two, and
+# torch.compile beat earlier launch tables there (benchmarks/notes_issue6.md, session 8).
+TOKENS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 384, 512, 768, 1024, 4096, 8192, 16384]
 DTYPE = torch.bfloat16
 EPS = 1e-6
 # CPU only for the sweep's dry run under TRITON_INTERPRET=1.
