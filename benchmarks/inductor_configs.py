@@ -63,7 +63,7 @@ def record(tag: str, fn, args: tuple, seen: set[int], out: Path) -> list[dict]:
         (out / f"{tag}_{name}.py").write_text(getattr(tuner.fn, "src", ""))
         chosen = [
             {**_config(launcher.config), "regs": getattr(launcher, "n_regs", None), "spills": getattr(launcher, "n_spills", None)}
-            for launcher in getattr(tuner, "launchers", None) or []
+            for launcher in tuner.launchers
         ]
         candidates = [_config(c) for c in getattr(tuner, "configs", None) or []]
         rows.append({"tag": tag, "kernel": name, "chosen": chosen, "candidates": candidates})

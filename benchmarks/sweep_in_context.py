@@ -14,7 +14,9 @@ Cases (``--cases``): ``eol-dense`` (31B, 5376) and ``eol-moe`` (26B-A4B,
 inputs: whole rows, the chunked kernel's shapes with and without eviction
 hints, the persistent kernel; ``triple-5376`` and ``triple-2816``, the
 4-output triple norm on benchmark_triple_rmsnorm.py's inputs: exact and padded
-rows, the chunks unrolled and rolled, sums paired or not.
+rows, the chunks unrolled and rolled, sums paired or not; ``norm_add-5376``,
+its 2-output mode at the 31B's width (the post-attention pair): rows, chunks
+and the persistent kernel.
 
 Every candidate is checked against the fp32 reference before it is timed.
 Writes ``$OUT/sweep_in_context.json`` (benchmark rows, ``impl`` = the launch,
@@ -50,7 +52,7 @@ from sglang_gemma4.kernels import end_of_layer_norm as eol  # noqa: E402
 from sglang_gemma4.kernels import triple_rmsnorm as tr  # noqa: E402
 
 TOKENS = [384, 768, 512, 1024, 192, 1536, 3072]
-# (case, hidden): the dense (31B) and MoE (26B-A4B) end of layer, the 4-output triple norm.
+# (case, hidden): the dense (31B) and MoE (26B-A4B) end of layer, the 4-output triple norm, its 2-output mode.
 CASES = {"eol-dense": 5376, "eol-moe": 2816, "triple-5376": 5376, "triple-2816": 2816, "norm_add-5376": 5376}
 EOL_KIND = {5376: "dense", 2816: "moe"}
 EOL_MODEL = {5376: "31B", 2816: "26B-A4B"}
