@@ -79,7 +79,7 @@ def candidates(
     """The row kernel's launch, the chunked kernel's candidates, and from
     ``persistent_min`` tokens the persistent kernel's: exact rows (where the
     width is at most three powers of two) and padded ones; only ``kernels``."""
-    out = [eol.row_launch(hidden, tokens)] + [
+    out = [eol.row_launch(hidden)] + [
         eol.EndOfLayerLaunch(chunk, 1, warps, "chunked", unroll) for chunk, warps, unroll in CHUNKED_CANDIDATES
     ]
     if tokens >= persistent_min:

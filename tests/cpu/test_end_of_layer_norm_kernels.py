@@ -95,12 +95,12 @@ def test_row_strided_inputs():
     check_case(dataclasses.replace(case, args=tuple(args)))
 
 
-# (1, 8): the many-rows launch's shape (one row per program, 8 warps) on a tiny row.
+# (1, 8): one row per program in 8 warps (the wide rows' shape) on a tiny row.
 @pytest.mark.parametrize("rows_per_program,num_warps", [(1, 1), (4, 2), (16, 8), (1, 8)])
 def test_launch_overrides_do_not_change_results(rows_per_program, num_warps):
     case = end_of_layer_case("moe", 17, 128, torch.bfloat16, seed=13)
     default = case.run()
-    launch = eol.row_launch(128, 17)._replace(rows_per_program=rows_per_program, num_warps=num_warps)
+    launch = eol.row_launch(128)._replace(rows_per_program=rows_per_program, num_warps=num_warps)
     other = case.run(launch=launch)
     for a, b in zip(default, other):
         assert torch.equal(a, b)
@@ -116,7 +116,7 @@ def test_launch_config():
     assert eol.launch_config(5376, 128) == L(8192, 1, 32, "row")
     # Many rows: each width's measured launches from their row counts, each bucket up to the next.
     for hidden, buckets in eol.PREFILL_TABLE.items():
-        assert eol.launch_config(hidden, buckets[0][0] - 1) == eol.row_launch(hidden, buckets[0][0] - 1)
+        assert eol.launch_config(hidden, buckets[0][0] - 1) == eol.row_launch(hidden)
         for (min_rows, launch), (next_min, _) in zip(buckets, buckets[1:] + ((1 << 62, None),)):
             assert eol.launch_config(hidden, min_rows) == launch
             assert eol.launch_config(hidden, min(next_min - 1, 1 << 20)) == launch
@@ -135,9 +135,9 @@ def test_launch_config():
     assert eol.launch_config(4096, min_rows) == default
     assert eol.launch_config(4096, min_rows - 1).kernel == "row"
     assert eol.launch_config(default.block_h // 2, 16384).kernel == "row"
-    # The row kernel's many-rows widths.
-    assert eol.row_launch(2816, eol.MANY_ROWS_MIN) == L(4096, 1, 8, "row")
-    assert eol.row_launch(5376, 16384) == L(8192, 1, 32, "row")
+    # The row kernel: a warp per 256 lanes of the padded row, up to 32.
+    assert eol.row_launch(2816) == L(4096, 1, 16, "row")
+    assert eol.row_launch(5376) == L(8192, 1, 32, "row")
 
 
 def _chunked(chunk: int, num_warps: int = 2, unroll: int = 0) -> eol.EndOfLayerLaunch:
@@ -204,7 +204,7 @@ def test_chunked_kernel_matches_row_kernel(kind):
     """Same rounding points as the row kernel: only the fp32 sums' order differs,
     so nearly every element is equal."""
     case = end_of_layer_case(kind, 16, 333, torch.bfloat16, seed=17)
-    row_launch = eol.row_launch(333, 16)._replace(rows_per_program=1, num_warps=4)
+    row_launch = eol.row_launch(333)._replace(rows_per_program=1, num_warps=4)
     for row, chunked in zip(case.run(launch=row_launch), case.run(launch=_chunked(64))):
         assert_within_one_rounding(chunked, row, f"{kind} chunked vs row")
 
@@ -315,6 +315,6 @@ def test_empty_batch_and_bad_overrides():
     assert h.shape == next_in.shape == (0, 128)
     case = end_of_layer_case("dense", 4, 128, torch.bfloat16)
     with pytest.raises(ValueError, match="power of two"):
-        case.run(launch=eol.row_launch(128, 4)._replace(rows_per_program=3))
+        case.run(launch=eol.row_launch(128)._replace(rows_per_program=3))
     with pytest.raises(ValueError, match="out must be"):
         case.run(out=torch.empty(4, 128, dtype=torch.float16))

@@ -616,11 +616,10 @@ class EndOfLayerLaunch(NamedTuple):
 # results/sweep_end_of_layer_norm.json as of commit 078f471, us per call under CUDA-graph replay):
 # from 4096 rows, 8 warps per 4096-lane row beat 16 at 2816 and 2560 in that
 # sweep (MoE 2816 x 4096: 38.1-39.3 vs 51.2), but benchmark_end_of_layer_norm.py
-# the same day measured this code's MoE 2816 at 52.8 us (4096 rows) and 199.1 us
+# the same day measured that launch's MoE 2816 at 52.8 us (4096 rows) and 199.1 us
 # (16384), 52-55% of copy bandwidth: whole rows in registers leave few rows in
-# flight per SM. E2B 1536 and dense 5376 keep the few-rows rule there.
-MANY_ROWS_MIN = 4096
-MANY_ROWS_WARPS = {2560: 8, 2816: 8}
+# flight per SM. The tables below now take every Gemma-4 width off the row kernel
+# well before 4096 rows, so the row kernel keeps one warp rule at every row count.
 
 # Chunked kernel, measured on the H200 (torch 2.11, triton 3.6, bf16; sweep_end_of_layer_norm.py,
 # results/sweep_end_of_layer_norm.json, second sweep 2026-11-29 (session 3); copy 4.07 TB/s; us,
@@ -696,8 +695,8 @@ PREFILL_TABLE: dict[int, tuple[tuple[int, EndOfLayerLaunch], ...]] = {
 PREFILL_DEFAULT = ((2048, EndOfLayerLaunch(1024, 1, 4, "chunked")),)
 
 
-def row_launch(hidden: int, n_rows: int) -> EndOfLayerLaunch:
-    """The row kernel's launch for ``n_rows`` rows of ``hidden`` elements.
+def row_launch(hidden: int) -> EndOfLayerLaunch:
+    """The row kernel's launch for rows of ``hidden`` elements.
 
     ``block_h`` is ``hidden`` rounded up to a power of two. Narrow rows go
     several to a program so each program moves a few KB; wide rows get a warp
@@ -705,17 +704,13 @@ def row_launch(hidden: int, n_rows: int) -> EndOfLayerLaunch:
     row: ptxas (sm_90, triton 3.8) then assigns 46-75 registers and spills
     nothing at Gemma-4's widths (MoE at 2816: 75; dense at 5376: 46; PLE at
     1536/2560: 57/51), where 4-8 warps needed 140-255 (MoE at 8 warps: 140, no
-    spill). From ``MANY_ROWS_MIN`` rows on, the widths in ``MANY_ROWS_WARPS``
-    take that many warps instead (see above).
+    spill).
     """
     block_h = triton.next_power_of_2(hidden)
-    num_warps = min(32, max(4, block_h // 256))
-    if n_rows >= MANY_ROWS_MIN:
-        num_warps = MANY_ROWS_WARPS.get(hidden, num_warps)
     return EndOfLayerLaunch(
         block_h=block_h,
         rows_per_program=max(1, min(16, 2048 // block_h)),
-        num_warps=num_warps,
+        num_warps=min(32, max(4, block_h // 256)),
     )
 
 
@@ -727,7 +722,7 @@ def launch_config(hidden: int, n_rows: int) -> EndOfLayerLaunch:
     for min_rows, launch in reversed(PREFILL_TABLE.get(hidden, PREFILL_DEFAULT)):
         if n_rows >= min_rows and hidden > launch.block_h // 2:
             return launch
-    return row_launch(hidden, n_rows)
+    return row_launch(hidden)
 
 
 # --------------------------------------------------------------------------- support checks
