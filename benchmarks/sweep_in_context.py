@@ -14,7 +14,8 @@ Cases (``--cases``): ``eol-dense`` (31B, 5376) and ``eol-moe`` (26B-A4B,
 inputs: whole rows, the chunked kernel's shapes with and without eviction
 hints, the persistent kernel; ``triple-5376`` and ``triple-2816``, the
 4-output triple norm on benchmark_triple_rmsnorm.py's inputs: exact and padded
-rows, the chunks unrolled and rolled, sums paired or not; ``norm_add-5376``,
+rows, the chunks unrolled and rolled, sums paired or not, the segmented kernel
+(whole chunks and exact tails); ``norm_add-5376``,
 its 2-output mode at the 31B's width (the post-attention pair): rows, chunks
 and the persistent kernel.
 
@@ -79,7 +80,8 @@ def triple_candidates(hidden: int) -> list[tr.TripleNormLaunch]:
     """Exact and padded rows, and the chunks unrolled and rolled (Inductor's
     choices for the 5376 pattern: 2048 x 16 warps at 384 rows, 1024 x 8 at
     768, as loops); the last reads hinted evict_first (they win in context
-    from 257 rows), sums paired or not."""
+    from 257 rows), sums paired or not; and the segmented kernel's whole chunks
+    and exact tails (no masked lane), hinted or not."""
     rows = [
         tr.TripleNormLaunch("row", block, 1, 8, stream_hints=True, paired_sums=True)
         for block in (hidden, triton.next_power_of_2(hidden))
@@ -91,7 +93,14 @@ def triple_candidates(hidden: int) -> list[tr.TripleNormLaunch]:
         for paired in (False, True)
         if chunk // 2 < hidden
     ]
-    return rows + chunks
+    segmented = [
+        tr.TripleNormLaunch("segmented", chunk, 1, warps, stream_hints=hints, rolled=rolled, paired_sums=True)
+        for chunk, warps, rolled in ((2048, 8, False), (2048, 8, True), (1024, 8, False), (1024, 8, True),
+                                     (1024, 4, False), (1024, 4, True), (512, 4, True))
+        for hints in (False, True)
+        if chunk < hidden
+    ]
+    return rows + chunks + segmented
 
 
 def norm_add_candidates(hidden: int) -> list[tr.TripleNormLaunch]:
@@ -152,6 +161,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cases", nargs="*", choices=list(CASES), default=list(CASES))
     parser.add_argument("--tokens", type=int, nargs="*", default=TOKENS)
+    parser.add_argument("--only", nargs="*", default=[],
+                        help="time only the candidates whose names contain one of these (with the table and torch.compile)")
     args = parser.parse_args()
 
     harness.allow_one_compile_per_shape()
@@ -167,6 +178,9 @@ def main() -> None:
                 impls, make_sets, nbytes, base, check = eol_case(hidden, tokens)
             else:
                 impls, make_sets, nbytes, base, check = triple_case(hidden, tokens, case.split("-")[0])
+            for name in [n for n in impls if args.only and n not in ("table", "torch_compile")
+                         and not any(o in n for o in args.only)]:
+                del impls[name]  # in place: check() reads this dict
             check()
             measured = harness.timed_rows(impls, list(impls), make_sets, base, nbytes, copy_bw)
             rows += measured

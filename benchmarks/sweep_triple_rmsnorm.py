@@ -147,7 +147,7 @@ def describe(launch: tr.TripleNormLaunch) -> str:
         if launch.kernel == "persistent":
             kind += f":{launch.programs_per_sm}/sm"
     else:
-        kind = f"chunk:{launch.block}{':rolled' if launch.rolled else ''}"
+        kind = f"{'seg' if launch.kernel == 'segmented' else 'chunk'}:{launch.block}{':rolled' if launch.rolled else ''}"
     flags = (":hints" if launch.stream_hints else "") + (":paired" if launch.paired_sums else "")
     return f"{kind}:r{launch.rows_per_program}:w{launch.num_warps}{flags}"
 

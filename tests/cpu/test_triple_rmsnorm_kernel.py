@@ -154,6 +154,50 @@ def test_rolled_chunks_are_the_unrolled_bits(chunk, hidden, dtype):
         assert all(torch.equal(a, e) for a, e in zip(actual, expected))
 
 
+# The segmented kernel (whole chunks, then up to two power-of-two tails, no
+# masked lane): one and two tails, a row shorter than one chunk (tails only),
+# lanes fewer than the threads (352 in 2 warps: a 32-column tail), rolled and
+# unrolled, hinted, paired.
+SEGMENTED = {
+    "two_tails": (1344, TripleNormLaunch("segmented", 512, 1, 2)),
+    "two_tails_rolled_paired": (352, TripleNormLaunch("segmented", 128, 1, 2, rolled=True, paired_sums=True)),
+    "one_tail_hinted_paired": (896, TripleNormLaunch("segmented", 256, 1, 4, stream_hints=True, paired_sums=True)),
+    "no_whole_chunk": (128, TripleNormLaunch("segmented", 256, 1, 2)),
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("variant", SEGMENTED)
+def test_segmented_rows_match_reference(variant, dtype):
+    hidden, launch = SEGMENTED[variant]
+    _check(5, hidden, dtype, launch=launch, scale=300.0, zero_row=True, seed=hidden)
+    _check_norm_add(5, hidden, dtype, launch, in_place=True, seed=hidden)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
+def test_segmented_rolled_is_the_unrolled_bits(dtype):
+    attn_out, residual, weights = triple_norm_inputs(3, 1344, dtype, seed=5)
+    unrolled = TripleNormLaunch("segmented", 256, 1, 2, paired_sums=True)
+    expected = post_attn_triple_rmsnorm(attn_out, residual, *weights, EPS, launch=unrolled)
+    residual_out = residual.clone()
+    actual = post_attn_triple_rmsnorm(
+        attn_out, residual_out, *weights, EPS, residual_out=residual_out, launch=unrolled._replace(rolled=True)
+    )
+    assert all(torch.equal(a, e) for a, e in zip(actual, expected))
+
+
+@pytest.mark.parametrize(
+    "hidden,launch",
+    [(1000, TripleNormLaunch("segmented", 256, 1, 2)), (896, TripleNormLaunch("segmented", 384, 1, 2)),
+     (896, TripleNormLaunch("segmented", 256, 2, 2))],
+)
+def test_segmented_launch_checks(hidden, launch):
+    """1000 - 3 x 256 = 232 needs four tails; 384 is no power of two; one row per program only."""
+    attn_out, residual, weights = triple_norm_inputs(2, hidden, torch.float32, seed=1)
+    with pytest.raises(ValueError, match="segmented kernel"):
+        post_attn_triple_rmsnorm(attn_out, residual, *weights, EPS, launch=launch)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
 def test_paired_sums_leave_r_and_the_two_output_mode_alone(dtype):
     """Pairing only reorders the sums of s and r, which ``r`` does not depend

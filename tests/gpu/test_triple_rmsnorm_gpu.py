@@ -54,7 +54,9 @@ def variants(hidden: int) -> dict[str, TripleNormLaunch]:
     """Every kernel variant: padded and exact rows (1 and 2 per program, the
     launch table's warps and others), chunks dividing the row or not, hints;
     chunk loops rolled (Inductor's 1024 x 8 warps and 2048 x 16) and unrolled,
-    the sums of s and r paired in one reduction."""
+    the sums of s and r paired in one reduction; the segmented kernel's whole
+    chunks and exact tails (2816 = 2048 + 512 + 256 or 2 x 1024 + 512 + 256,
+    5376 = 2 x 2048 + 1024 + 256 or 5 x 1024 + 256)."""
     padded = triton.next_power_of_2(hidden)
     return {
         "row_padded": TripleNormLaunch("row", padded, 1, 16),
@@ -73,6 +75,8 @@ def variants(hidden: int) -> dict[str, TripleNormLaunch]:
         "row_padded_w8_paired": TripleNormLaunch("row", padded, 1, 8, paired_sums=True),
         "persistent_exact_2x": TripleNormLaunch("persistent", hidden, 1, 8, programs_per_sm=2),
         "persistent_padded_hints": TripleNormLaunch("persistent", padded, 1, 16, stream_hints=True, programs_per_sm=1),
+        "segmented_2048_w8_hints_paired": TripleNormLaunch("segmented", 2048, 1, 8, stream_hints=True, paired_sums=True),
+        "segmented_1024_w4_rolled": TripleNormLaunch("segmented", 1024, 1, 4, rolled=True),
     }
 
 
@@ -81,7 +85,8 @@ VARIANTS = list(variants(2816))
 # every dtype (each dtype is a compilation: keep the device run short).
 VARIANT_DTYPES = [(v, torch.bfloat16) for v in VARIANTS] + [
     (v, d)
-    for v in ("row_padded", "row_exact", "chunked_256_hints", "chunked_1024_w8_rolled", "row_exact_paired")
+    for v in ("row_padded", "row_exact", "chunked_256_hints", "chunked_1024_w8_rolled", "row_exact_paired",
+              "segmented_1024_w4_rolled")
     for d in (torch.float16, torch.float32)
 ]
 
@@ -113,6 +118,7 @@ SAME_BITS = [
     ("chunked_2048_w8_hints_paired", TripleNormLaunch("chunked", 2048, 1, 8, stream_hints=True)),
     ("row_exact_paired", TripleNormLaunch("row", 0, 1, 8)),
     ("row_padded_w8_paired", TripleNormLaunch("row", 0, 1, 8)),
+    ("segmented_1024_w4_rolled", TripleNormLaunch("segmented", 1024, 1, 4)),
 ]
 
 

@@ -61,3 +61,21 @@ def lanes_per_row(segments: tuple[int, ...], threads_per_row: int, max_columns_p
     through shared memory), at most as many as the smallest segment has columns."""
     threads = 1 << (max(threads_per_row, 1).bit_length() - 1)
     return min(min(segments), max(threads, max(segments) // max_columns_per_lane))
+
+
+def exact_chunks(hidden: int, chunk: int, threads: int) -> tuple[int, int, int, int] | None:
+    """A row of ``hidden`` elements walked in ``chunk``-column tiles with no idle
+    lane: ``(full chunks, tail0, tail1, lanes)``, the tails the powers of two of
+    ``hidden % chunk`` (0: none; 5376 in 2048s: 2, 1024, 256), every tile split
+    over ``lanes`` lanes (``threads`` rounded down to a power of two, at most the
+    smallest tile). None when ``chunk`` is not a power of two, or the remainder
+    needs more than two tiles."""
+    if chunk < 1 or chunk & (chunk - 1) or hidden < 1:
+        return None
+    full, tail = divmod(hidden, chunk)
+    tails = power_of_two_segments(tail, 2) if tail else ()
+    if tails is None:
+        return None
+    tiles = ((chunk,) if full else ()) + tails
+    tail0, tail1 = tails + (0,) * (2 - len(tails))
+    return full, tail0, tail1, min(min(tiles), 1 << (max(threads, 1).bit_length() - 1))

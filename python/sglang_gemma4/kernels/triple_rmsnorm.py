@@ -76,7 +76,7 @@ import triton.language as tl
 from sglang_gemma4.kernels.dependent_launch import launch_kwargs, wait_for_previous_grid
 from sglang_gemma4.kernels.reductions import paired_sums
 from sglang_gemma4.kernels.rounding import round_to
-from sglang_gemma4.kernels.row_segments import block_segments, launch_segments
+from sglang_gemma4.kernels.row_segments import block_segments, exact_chunks, launch_segments
 from sglang_gemma4.kernels.support import (
     MAX_FUSED_ROW,
     multiprocessor_count,
@@ -634,6 +634,177 @@ def _triple_norm_chunked_kernel(
             )
 
 
+@triton.jit
+def _tile_x_squares(attn_ptr, base, cols):
+    """Pass 1 on one tile of a row held exactly (no mask: every lane is a column)."""
+    x = tl.load(attn_ptr + base + cols).to(tl.float32)
+    return tl.sum(x * x, axis=2)
+
+
+@triton.jit
+def _tile_residual(attn_ptr, res_ptr, w_post_ptr, base, cols, inv_x, EVICT: tl.constexpr, BF16_RNE_BY_BITS: tl.constexpr):
+    """``(s, r)`` of one tile (see :func:`_residual_sum`)."""
+    offs = base + cols
+    x = tl.load(attn_ptr + offs, eviction_policy=EVICT).to(tl.float32)
+    res = tl.load(res_ptr + offs, eviction_policy=EVICT).to(tl.float32)
+    w_post = tl.load(w_post_ptr + cols, eviction_policy="evict_last").to(tl.float32)
+    return _residual_sum(x, res, inv_x, w_post, res_ptr.dtype.element_ty, BF16_RNE_BY_BITS)
+
+
+@triton.jit
+def _tile_s_and_r_squares(
+    attn_ptr, res_ptr, w_post_ptr, base, cols, inv_x, MOE_OUTPUTS: tl.constexpr, BF16_RNE_BY_BITS: tl.constexpr
+):
+    """Pass 2 on one tile: each lane's sums of ``s * s`` and ``r * r`` (zero without ``MOE_OUTPUTS``)."""
+    s, r = _tile_residual(attn_ptr, res_ptr, w_post_ptr, base, cols, inv_x, "", BF16_RNE_BY_BITS)
+    lane_s = tl.sum(s * s, axis=2)
+    if MOE_OUTPUTS:
+        r32 = r.to(tl.float32)
+        lane_r = tl.sum(r32 * r32, axis=2)
+    else:
+        lane_r = tl.zeros_like(lane_s)
+    return lane_s, lane_r
+
+
+@triton.jit
+def _tile_outputs(
+    attn_ptr, res_ptr, w_post_ptr, w_pre_ff_ptr, w_router_ptr, w_pre_ff_2_ptr,
+    r_ptr, dense_ptr, router_ptr, moe_ptr, base, cols, inv_x, inv_s, inv_r,
+    MOE_OUTPUTS: tl.constexpr, ACT_EVICT: tl.constexpr, BF16_RNE_BY_BITS: tl.constexpr,
+):
+    """Pass 3 on one tile: ``s`` and ``r`` recomputed, the outputs stored (``r`` after its residual was read)."""
+    s, r = _tile_residual(attn_ptr, res_ptr, w_post_ptr, base, cols, inv_x, ACT_EVICT, BF16_RNE_BY_BITS)
+    offs = base + cols
+    tl.store(r_ptr + offs, r)
+    w_pre_ff = tl.load(w_pre_ff_ptr + cols, eviction_policy="evict_last").to(tl.float32)
+    w_router = w_pre_ff
+    w_pre_ff_2 = w_pre_ff
+    if MOE_OUTPUTS:
+        w_router = tl.load(w_router_ptr + cols, eviction_policy="evict_last").to(tl.float32)
+        w_pre_ff_2 = tl.load(w_pre_ff_2_ptr + cols, eviction_policy="evict_last").to(tl.float32)
+    _segment_outputs(
+        s, r.to(tl.float32), inv_s, inv_r, w_pre_ff, w_router, w_pre_ff_2, dense_ptr, router_ptr, moe_ptr,
+        offs, None, MOE_OUTPUTS, BF16_RNE_BY_BITS,
+    )
+
+
+@triton.jit(do_not_specialize=["n_rows"])
+def _triple_norm_segmented_kernel(
+    attn_ptr,
+    res_ptr,
+    w_post_ptr,
+    w_pre_ff_ptr,
+    w_router_ptr,
+    w_pre_ff_2_ptr,
+    r_ptr,
+    dense_ptr,
+    router_ptr,
+    moe_ptr,
+    n_rows,
+    hidden,
+    eps,
+    CHUNK: tl.constexpr,
+    NUM_CHUNKS: tl.constexpr,
+    TAIL0: tl.constexpr,
+    TAIL1: tl.constexpr,
+    LANES: tl.constexpr,
+    ROLLED: tl.constexpr,
+    MOE_OUTPUTS: tl.constexpr,
+    ACT_EVICT: tl.constexpr,
+    BF16_RNE_BY_BITS: tl.constexpr,
+    PAIRED_SUMS: tl.constexpr,
+    USE_PDL: tl.constexpr = False,
+):
+    """The chunked kernel's three passes over a row held exactly: ``NUM_CHUNKS``
+    chunks of ``CHUNK`` columns, then tails of ``TAIL0`` and ``TAIL1`` columns
+    (powers of two, 0: none), ``hidden = NUM_CHUNKS * CHUNK + TAIL0 + TAIL1``
+    (5376 = 2 x 2048 + 1024 + 256). No lane is masked, so none issues work for
+    a column past the row (the chunked kernel's last chunk of a 5376 row in
+    2048 lanes idles 37.5% of them). Every tile is split over the same
+    ``LANES`` lanes, so the tiles' per-lane sums add in registers and each pass
+    reduces across threads once, as in :func:`_triple_norm_row_kernel`.
+    ``ROLLED``: the full chunks of each pass in a loop (the tails unrolled)."""
+    wait_for_previous_grid(USE_PDL)
+    base = tl.program_id(0).to(tl.int64) * hidden
+    TAILS: tl.constexpr = NUM_CHUNKS * CHUNK
+
+    lane_x = tl.zeros([1, LANES], dtype=tl.float32)
+    if ROLLED:
+        for start in tl.range(0, TAILS, CHUNK):
+            lane_x += _tile_x_squares(attn_ptr, base, _segment_cols(start, CHUNK, LANES))
+    else:
+        for c in tl.static_range(NUM_CHUNKS):
+            lane_x += _tile_x_squares(attn_ptr, base, _segment_cols(c * CHUNK, CHUNK, LANES))
+    if TAIL0 > 0:
+        lane_x += _tile_x_squares(attn_ptr, base, _segment_cols(TAILS, TAIL0, LANES))
+    if TAIL1 > 0:
+        lane_x += _tile_x_squares(attn_ptr, base, _segment_cols(TAILS + TAIL0, TAIL1, LANES))
+    inv_x = tl.rsqrt(tl.sum(lane_x, axis=1) / hidden + eps)[:, None, None]
+
+    lane_s = tl.zeros([1, LANES], dtype=tl.float32)
+    lane_r = tl.zeros([1, LANES], dtype=tl.float32)
+    if ROLLED:
+        for start in tl.range(0, TAILS, CHUNK):
+            s_sq, r_sq = _tile_s_and_r_squares(
+                attn_ptr, res_ptr, w_post_ptr, base, _segment_cols(start, CHUNK, LANES), inv_x, MOE_OUTPUTS,
+                BF16_RNE_BY_BITS,
+            )
+            lane_s += s_sq
+            lane_r += r_sq
+    else:
+        for c in tl.static_range(NUM_CHUNKS):
+            s_sq, r_sq = _tile_s_and_r_squares(
+                attn_ptr, res_ptr, w_post_ptr, base, _segment_cols(c * CHUNK, CHUNK, LANES), inv_x, MOE_OUTPUTS,
+                BF16_RNE_BY_BITS,
+            )
+            lane_s += s_sq
+            lane_r += r_sq
+    if TAIL0 > 0:
+        s_sq, r_sq = _tile_s_and_r_squares(
+            attn_ptr, res_ptr, w_post_ptr, base, _segment_cols(TAILS, TAIL0, LANES), inv_x, MOE_OUTPUTS,
+            BF16_RNE_BY_BITS,
+        )
+        lane_s += s_sq
+        lane_r += r_sq
+    if TAIL1 > 0:
+        s_sq, r_sq = _tile_s_and_r_squares(
+            attn_ptr, res_ptr, w_post_ptr, base, _segment_cols(TAILS + TAIL0, TAIL1, LANES), inv_x, MOE_OUTPUTS,
+            BF16_RNE_BY_BITS,
+        )
+        lane_s += s_sq
+        lane_r += r_sq
+    sum_s, sum_r = _sums_of_s_and_r(lane_s, lane_r, 1, PAIRED_SUMS)
+    inv_s = tl.rsqrt(sum_s / hidden + eps)[:, None, None]
+    inv_r = tl.rsqrt(sum_r / hidden + eps)[:, None, None]
+
+    if ROLLED:
+        for start in tl.range(0, TAILS, CHUNK):
+            _tile_outputs(
+                attn_ptr, res_ptr, w_post_ptr, w_pre_ff_ptr, w_router_ptr, w_pre_ff_2_ptr, r_ptr, dense_ptr,
+                router_ptr, moe_ptr, base, _segment_cols(start, CHUNK, LANES), inv_x, inv_s, inv_r, MOE_OUTPUTS,
+                ACT_EVICT, BF16_RNE_BY_BITS,
+            )
+    else:
+        for c in tl.static_range(NUM_CHUNKS):
+            _tile_outputs(
+                attn_ptr, res_ptr, w_post_ptr, w_pre_ff_ptr, w_router_ptr, w_pre_ff_2_ptr, r_ptr, dense_ptr,
+                router_ptr, moe_ptr, base, _segment_cols(c * CHUNK, CHUNK, LANES), inv_x, inv_s, inv_r, MOE_OUTPUTS,
+                ACT_EVICT, BF16_RNE_BY_BITS,
+            )
+    if TAIL0 > 0:
+        _tile_outputs(
+            attn_ptr, res_ptr, w_post_ptr, w_pre_ff_ptr, w_router_ptr, w_pre_ff_2_ptr, r_ptr, dense_ptr,
+            router_ptr, moe_ptr, base, _segment_cols(TAILS, TAIL0, LANES), inv_x, inv_s, inv_r, MOE_OUTPUTS,
+            ACT_EVICT, BF16_RNE_BY_BITS,
+        )
+    if TAIL1 > 0:
+        _tile_outputs(
+            attn_ptr, res_ptr, w_post_ptr, w_pre_ff_ptr, w_router_ptr, w_pre_ff_2_ptr, r_ptr, dense_ptr,
+            router_ptr, moe_ptr, base, _segment_cols(TAILS + TAIL0, TAIL1, LANES), inv_x, inv_s, inv_r,
+            MOE_OUTPUTS, ACT_EVICT, BF16_RNE_BY_BITS,
+        )
+
+
 class TripleNormLaunch(NamedTuple):
     """How to launch the kernels.
 
@@ -986,6 +1157,26 @@ def _launch(
             # Rolled loops: one stage, as Inductor compiles the same reduction
             # (the configuration measured fast on the H200); unrolled passes
             # have no loop and keep Triton's default.
+            **({"num_stages": 1} if launch.rolled else {}),
+            **constants,
+        )
+    elif launch.kernel == "segmented":
+        tiles = exact_chunks(hidden, launch.block, 32 * launch.num_warps)
+        if launch.rows_per_program != 1 or tiles is None:
+            raise ValueError(
+                f"the segmented kernel takes one row per program, a power-of-two chunk, and a row whose "
+                f"remainder past its whole chunks is at most two powers of two (hidden {hidden}): {launch}"
+            )
+        num_chunks, tail0, tail1, lanes = tiles
+        _triple_norm_segmented_kernel[(n_rows,)](
+            *args,
+            CHUNK=launch.block,
+            NUM_CHUNKS=num_chunks,
+            TAIL0=tail0,
+            TAIL1=tail1,
+            LANES=lanes,
+            ROLLED=launch.rolled,
+            num_warps=launch.num_warps,
             **({"num_stages": 1} if launch.rolled else {}),
             **constants,
         )
