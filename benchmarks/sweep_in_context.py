@@ -11,8 +11,8 @@ only lose.)
 
 Cases (``--cases``): ``eol-dense`` (31B, 5376) and ``eol-moe`` (26B-A4B,
 2816), the end of layer + next input norm on benchmark_end_of_layer_norm.py's
-inputs: whole rows, the chunked and segmented kernels' shapes with and
-without eviction hints, the persistent kernel; ``triple-5376`` and ``triple-2816``, the
+inputs: whole rows, the chunked kernel's shapes with and without eviction
+hints, the persistent kernel; ``triple-5376`` and ``triple-2816``, the
 4-output triple norm on benchmark_triple_rmsnorm.py's inputs: exact and padded
 rows, the chunks unrolled and rolled, sums paired or not, the segmented kernel
 (whole chunks and exact tails); ``norm_add-5376``,
@@ -64,8 +64,7 @@ def eol_candidates(hidden: int) -> list[eol.EndOfLayerLaunch]:
     and the chunked kernel (among its shapes Inductor's choice for the dense
     pattern at 384-1024 rows: 2048 columns in 16 warps), with and without
     eviction hints (Inductor hints its loads: evict_last where a later pass
-    reads again, evict_first for the last read); the segmented kernel's whole
-    chunks and exact tails likewise."""
+    reads again, evict_first for the last read)."""
     padded = triton.next_power_of_2(hidden)
     chunked = [
         eol.EndOfLayerLaunch(c, 1, w, "chunked", u, stream_hints=hints)
@@ -74,15 +73,7 @@ def eol_candidates(hidden: int) -> list[eol.EndOfLayerLaunch]:
         for hints in (False, True)
         if c // 2 < hidden
     ]
-    segmented = [
-        eol.EndOfLayerLaunch(c, 1, w, "segmented", u, stream_hints=hints)
-        for c, w, u in ((2048, 8, 0), (2048, 8, 1), (2048, 4, 0), (2048, 4, 1), (1024, 8, 0), (1024, 8, 1),
-                        (1024, 4, 0), (1024, 4, 1))
-        for hints in (False, True)
-        if c < hidden
-    ]
-    return ([eol.EndOfLayerLaunch(padded, 1, 16), eol.EndOfLayerLaunch(hidden, 1, 8, "persistent", programs_per_sm=2)]
-            + chunked + segmented)
+    return [eol.EndOfLayerLaunch(padded, 1, 16), eol.EndOfLayerLaunch(hidden, 1, 8, "persistent", programs_per_sm=2)] + chunked
 
 
 def triple_candidates(hidden: int) -> list[tr.TripleNormLaunch]:

@@ -216,40 +216,6 @@ def test_chunked_kernel_over_residual_zero_rows_and_strides(kind):
     check_strided_over_residual(kind, 5, 200, _chunked(64, 1), scale=SCALES["tiny"], seed=23)
 
 
-def _segmented(chunk: int, num_warps: int, unroll: int = 0, stream_hints: bool = False) -> eol.EndOfLayerLaunch:
-    return eol.EndOfLayerLaunch(chunk, 1, num_warps, "segmented", unroll, stream_hints=stream_hints)
-
-
-# The segmented kernel (whole chunks, then up to two power-of-two tails, no
-# masked lane): two tails (1344 = 2 x 512 + 256 + 64), two tails rolled and
-# hinted with lanes fewer than the threads (352 = 2 x 128 + 64 + 32 in 2
-# warps), one tail (896 = 3 x 256 + 128), no whole chunk (128 in 256s).
-SEGMENTED = {
-    "two_tails": (1344, _segmented(512, 2)),
-    "two_tails_rolled_hinted": (352, _segmented(128, 2, 1, stream_hints=True)),
-    "one_tail_hinted": (896, _segmented(256, 4, stream_hints=True)),
-    "no_whole_chunk": (128, _segmented(256, 2)),
-}
-
-
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
-@pytest.mark.parametrize("variant", SEGMENTED)
-@pytest.mark.parametrize("kind", KINDS)
-def test_segmented_kernel_matches_reference(kind, variant, dtype):
-    hidden, launch = SEGMENTED[variant]
-    check_case(end_of_layer_case(kind, 3, hidden, dtype, seed=hidden), launch=launch)
-
-
-@pytest.mark.parametrize("kind", KINDS)
-def test_segmented_kernel_over_residual_zero_rows_strides_and_rolled_bits(kind):
-    """``out`` aliasing ``residual``, a zero row, tiny magnitudes, rows spaced
-    wider than ``hidden``; and the rolled passes give the unrolled bits."""
-    check_strided_over_residual(kind, 5, 352, _segmented(64, 2, 1), scale=SCALES["tiny"], seed=37)
-    case = end_of_layer_case(kind, 3, 1344, torch.bfloat16, seed=39)
-    for a, b in zip(case.run(launch=_segmented(256, 2, 1)), case.run(launch=_segmented(256, 2, 0))):
-        assert torch.equal(a, b)
-
-
 def _persistent(block_h: int, num_warps: int, programs_per_sm: int) -> eol.EndOfLayerLaunch:
     return eol.EndOfLayerLaunch(block_h, 1, num_warps, "persistent", programs_per_sm=programs_per_sm)
 
@@ -299,8 +265,7 @@ def test_bad_launches_raise():
         "at most three powers": eol.EndOfLayerLaunch(64, 1, 4, "persistent", programs_per_sm=1),
         "act_cache must be": eol.EndOfLayerLaunch(128, 1, 4, "persistent", programs_per_sm=1, act_cache=".cs"),
         "except for the persistent kernel": _chunked(32)._replace(act_cache=".cg"),
-        "stream_hints is an option of the chunked and segmented": eol.EndOfLayerLaunch(128, 1, 4, "row", stream_hints=True),
-        "the segmented kernel takes": _segmented(64, 2, 2),
+        "stream_hints is an option of the chunked kernel": eol.EndOfLayerLaunch(128, 1, 4, "row", stream_hints=True),
     }
     for message, launch in bad.items():
         with pytest.raises(ValueError, match=message):

@@ -142,29 +142,6 @@ def test_chunked_kernel_at_real_widths(kind, hidden, launch):
     check_strided_over_residual(kind, 257, hidden, launch, seed=9, device="cuda")
 
 
-# The segmented kernel's launches the in-context sweep times (benchmarks/sweep_in_context.py):
-# (chunk columns, warps, rolled, eviction hints).
-SEGMENTED = [eol.EndOfLayerLaunch(chunk, 1, warps, "segmented", unroll, stream_hints=hints) for chunk, warps, unroll, hints in (
-    (2048, 8, 0, False), (2048, 8, 1, True), (2048, 4, 0, True), (1024, 4, 0, False), (1024, 4, 1, True),
-    (1024, 8, 1, False))]
-
-
-@pytest.mark.parametrize("launch", SEGMENTED, ids=lambda launch: "seg-" + _launch_id(launch))
-@pytest.mark.parametrize("kind,hidden", REAL_WIDTHS)
-def test_segmented_kernel_at_real_widths(kind, hidden, launch):
-    """Whole chunks and exact tails at every real width (1536 in 2048s: tails
-    only) at 4096 rows (bf16) and 300 rows (fp16, fp32), strided over its
-    residual; the rolled passes give the unrolled bits."""
-    check_case(end_of_layer_case(kind, 4096, hidden, torch.bfloat16, seed=6, device="cuda"), launch=launch)
-    for dtype in (torch.float16, torch.float32):
-        check_case(end_of_layer_case(kind, 300, hidden, dtype, seed=7, device="cuda"), launch=launch)
-    check_strided_over_residual(kind, 257, hidden, launch, seed=9, device="cuda")
-    if launch.unroll:
-        case = end_of_layer_case(kind, 384, hidden, torch.bfloat16, seed=10, device="cuda")
-        for a, b in zip(case.run(launch=launch), case.run(launch=launch._replace(unroll=0))):
-            assert torch.equal(a, b)
-
-
 def _persistent_launches(hidden: int) -> list[eol.EndOfLayerLaunch]:
     """The persistent kernel's launches the sweep times at this width, at 1 and 4
     programs per SM; exact rows in 8 warps also with the activations cached in L2 only."""

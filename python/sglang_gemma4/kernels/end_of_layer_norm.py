@@ -73,7 +73,7 @@ import triton.language as tl
 from sglang_gemma4.kernels.dependent_launch import launch_kwargs, wait_for_previous_grid
 from sglang_gemma4.kernels.reductions import paired_sums
 from sglang_gemma4.kernels.rounding import round_to
-from sglang_gemma4.kernels.row_segments import exact_chunks, lanes_per_row, launch_segments
+from sglang_gemma4.kernels.row_segments import lanes_per_row, launch_segments
 from sglang_gemma4.kernels.support import (
     FUSED_DTYPES,
     MAX_FUSED_ROW,
@@ -165,20 +165,8 @@ def _end_of_layer_norm_kernel(
 
 @triton.jit
 def _load_weight(ptr, cols, col_ok):
-    # Every row reads the weights: keep them in L2. col_ok None: every lane is a column.
-    if col_ok is None:
-        return tl.load(ptr + cols, eviction_policy="evict_last").to(tl.float32)
-    else:
-        return tl.load(ptr + cols, mask=col_ok, other=0.0, eviction_policy="evict_last").to(tl.float32)
-
-
-@triton.jit
-def _load_act(ptrs, col_ok, EVICT: tl.constexpr):
-    """An activation load in fp32 with hint ``EVICT`` (``col_ok`` None: unmasked)."""
-    if col_ok is None:
-        return tl.load(ptrs, eviction_policy=EVICT).to(tl.float32)
-    else:
-        return tl.load(ptrs, mask=col_ok, other=0.0, eviction_policy=EVICT).to(tl.float32)
+    # Every row reads the weights: keep them in L2.
+    return tl.load(ptr + cols, mask=col_ok, other=0.0, eviction_policy="evict_last").to(tl.float32)
 
 
 @triton.jit
@@ -189,49 +177,48 @@ def _row_inv_rms(lane_sums, hidden, eps):
 @triton.jit
 def _moe_branch_sum(x_row, x2_row, w_a_ptr, w_b_ptr, cols, col_ok, inv_a, inv_b, EVICT: tl.constexpr):
     """``rmsnorm(h1, w1) + rmsnorm(h2, w2)`` of one chunk, fp32, not rounded."""
-    x = _load_act(x_row + cols, col_ok, EVICT)
-    x2 = _load_act(x2_row + cols, col_ok, EVICT)
+    x = tl.load(x_row + cols, mask=col_ok, other=0.0, eviction_policy=EVICT).to(tl.float32)
+    x2 = tl.load(x2_row + cols, mask=col_ok, other=0.0, eviction_policy=EVICT).to(tl.float32)
     combined = x * inv_a * _load_weight(w_a_ptr, cols, col_ok)
     return combined + x2 * inv_b * _load_weight(w_b_ptr, cols, col_ok)
 
 
 @triton.jit
-def _add_lanes(lane_sums, values):
-    """``lane_sums`` plus ``values``: a chunk's, lane by lane; a ``[LANES, VEC]``
-    tile's, each lane's ``VEC`` values summed first."""
-    if len(values.shape) == 2:
-        return lane_sums + tl.sum(values, axis=1)
-    else:
-        return lane_sums + values
-
-
-@triton.jit
-def _input_sums(x_row, x2_row, cols, col_ok, sum_a, sum_b, MODE: tl.constexpr, EVICT: tl.constexpr):
-    """Pass 1 on one tile: the lanes' sums of squares of the layer's inputs (``x2``'s for MoE only)."""
-    x = _load_act(x_row + cols, col_ok, EVICT)
-    sum_a = _add_lanes(sum_a, x * x)
+def _input_sums_chunk(x_row, x2_row, cols, hidden, sum_a, sum_b, MODE: tl.constexpr, EVICT: tl.constexpr):
+    """Pass 1 on one chunk: per-lane sums of squares of the layer's inputs."""
+    col_ok = cols < hidden
+    x = tl.load(x_row + cols, mask=col_ok, other=0.0, eviction_policy=EVICT).to(tl.float32)
+    sum_a += x * x
     if MODE == 1:
-        x2 = _load_act(x2_row + cols, col_ok, EVICT)
-        sum_b = _add_lanes(sum_b, x2 * x2)
+        x2 = tl.load(x2_row + cols, mask=col_ok, other=0.0, eviction_policy=EVICT).to(tl.float32)
+        sum_b += x2 * x2
     return sum_a, sum_b
 
 
 @triton.jit
-def _store_h(
-    x_row, x2_row, res_row, out_row, w_a_ptr, w_b_ptr, w_c_ptr, cols, col_ok, inv_a, inv_b, inv_c, scalar,
-    MODE: tl.constexpr, BF16_RNE_BY_BITS: tl.constexpr, EVICT: tl.constexpr,
+def _branch_sum_sums_chunk(x_row, x2_row, w_a_ptr, w_b_ptr, cols, hidden, inv_a, inv_b, sum_c, EVICT: tl.constexpr):
+    """Pass 2 (MoE) on one chunk: per-lane sums of squares of the fp32 branch sum."""
+    combined = _moe_branch_sum(x_row, x2_row, w_a_ptr, w_b_ptr, cols, cols < hidden, inv_a, inv_b, EVICT)
+    return sum_c + combined * combined
+
+
+@triton.jit
+def _store_h_chunk(
+    x_row, x2_row, res_row, out_row, w_a_ptr, w_b_ptr, w_c_ptr, cols, hidden, inv_a, inv_b, inv_c, scalar,
+    sum_h, MODE: tl.constexpr, BF16_RNE_BY_BITS: tl.constexpr, EVICT: tl.constexpr,
 ):
-    """Pass 3 on one tile: ``h`` stored (read ``residual`` first, so ``out`` may
-    alias it) and returned (fp32 of the stored values). ``EVICT``: the
-    eviction hint of these last reads of the inputs."""
+    """Pass 3 on one chunk: ``h`` stored (read ``residual`` first, so ``out`` may
+    alias it), and per-lane sums of squares of the rounded ``h``. ``EVICT``:
+    the eviction hint of these last reads of the inputs."""
+    col_ok = cols < hidden
     act = out_row.dtype.element_ty
-    res = _load_act(res_row + cols, col_ok, EVICT)
+    res = tl.load(res_row + cols, mask=col_ok, other=0.0, eviction_policy=EVICT).to(tl.float32)
     if MODE == 1:
         combined = _moe_branch_sum(x_row, x2_row, w_a_ptr, w_b_ptr, cols, col_ok, inv_a, inv_b, EVICT)
         normed = combined * inv_c * _load_weight(w_c_ptr, cols, col_ok)
         h = round_to((normed + res) * scalar, act, BF16_RNE_BY_BITS)
     else:
-        x = _load_act(x_row + cols, col_ok, EVICT)
+        x = tl.load(x_row + cols, mask=col_ok, other=0.0, eviction_policy=EVICT).to(tl.float32)
         normed = x * inv_a * _load_weight(w_a_ptr, cols, col_ok)
         if MODE == 2:
             # Eager PLE tail: norm, add and scale each store their output.
@@ -241,16 +228,17 @@ def _store_h(
         else:
             h = round_to((normed + res) * scalar, act, BF16_RNE_BY_BITS)
     tl.store(out_row + cols, h.to(act), mask=col_ok)
-    return h
+    return sum_h + h * h
 
 
 @triton.jit
-def _store_next(
-    out_row, next_row, w_next_ptr, cols, col_ok, inv_h, BF16_RNE_BY_BITS: tl.constexpr, EVICT: tl.constexpr
+def _store_next_chunk(
+    out_row, next_row, w_next_ptr, cols, hidden, inv_h, BF16_RNE_BY_BITS: tl.constexpr, EVICT: tl.constexpr
 ):
-    """Pass 4 on one tile: ``next_in`` from the stored ``h`` (read with ``EVICT``)."""
+    """Pass 4 on one chunk: ``next_in`` from the stored ``h`` (read with ``EVICT``)."""
+    col_ok = cols < hidden
     act = out_row.dtype.element_ty
-    h = _load_act(out_row + cols, col_ok, EVICT)
+    h = tl.load(out_row + cols, mask=col_ok, other=0.0, eviction_policy=EVICT).to(tl.float32)
     next_in = h * inv_h * _load_weight(w_next_ptr, cols, col_ok)
     tl.store(next_row + cols, round_to(next_in, act, BF16_RNE_BY_BITS).to(act), mask=col_ok)
 
@@ -319,8 +307,7 @@ def _end_of_layer_norm_chunked_kernel(
     # Unrolled whatever UNROLL says: all of the row's first DRAM reads in flight
     # at once (rolling this pass saved 2 of 76 registers, sm_90, MoE 1024 x 4).
     for c in tl.static_range(NUM_CHUNKS):
-        cols = c * CHUNK + lanes
-        sum_a, sum_b = _input_sums(x_row, x2_row, cols, cols < hidden, sum_a, sum_b, MODE, REREAD_EVICT)
+        sum_a, sum_b = _input_sums_chunk(x_row, x2_row, c * CHUNK + lanes, hidden, sum_a, sum_b, MODE, REREAD_EVICT)
     inv_a = _row_inv_rms(sum_a, hidden, eps)
     inv_b = _row_inv_rms(sum_b, hidden, eps)
 
@@ -329,31 +316,25 @@ def _end_of_layer_norm_chunked_kernel(
         sum_c = tl.zeros([CHUNK], dtype=tl.float32)
         if UNROLL == 0:
             for c in tl.static_range(NUM_CHUNKS):
-                cols = c * CHUNK + lanes
-                combined = _moe_branch_sum(x_row, x2_row, w_a_ptr, w_b_ptr, cols, cols < hidden, inv_a, inv_b,
-                                           REREAD_EVICT)
-                sum_c += combined * combined
+                sum_c = _branch_sum_sums_chunk(x_row, x2_row, w_a_ptr, w_b_ptr, c * CHUNK + lanes, hidden,
+                                               inv_a, inv_b, sum_c, REREAD_EVICT)
         else:
             for c in tl.range(0, NUM_CHUNKS, loop_unroll_factor=UNROLL):
-                cols = c * CHUNK + lanes
-                combined = _moe_branch_sum(x_row, x2_row, w_a_ptr, w_b_ptr, cols, cols < hidden, inv_a, inv_b,
-                                           REREAD_EVICT)
-                sum_c += combined * combined
+                sum_c = _branch_sum_sums_chunk(x_row, x2_row, w_a_ptr, w_b_ptr, c * CHUNK + lanes, hidden,
+                                               inv_a, inv_b, sum_c, REREAD_EVICT)
         inv_c = _row_inv_rms(sum_c, hidden, eps)
 
     sum_h = tl.zeros([CHUNK], dtype=tl.float32)
     if UNROLL == 0:
         for c in tl.static_range(NUM_CHUNKS):
-            cols = c * CHUNK + lanes
-            h = _store_h(x_row, x2_row, res_row, out_row, w_a_ptr, w_b_ptr, w_c_ptr, cols, cols < hidden, inv_a,
-                         inv_b, inv_c, scalar, MODE, BF16_RNE_BY_BITS, LAST_EVICT)
-            sum_h += h * h
+            sum_h = _store_h_chunk(x_row, x2_row, res_row, out_row, w_a_ptr, w_b_ptr, w_c_ptr, c * CHUNK + lanes,
+                                   hidden, inv_a, inv_b, inv_c, scalar, sum_h, MODE, BF16_RNE_BY_BITS,
+                                   LAST_EVICT)
     else:
         for c in tl.range(0, NUM_CHUNKS, loop_unroll_factor=UNROLL):
-            cols = c * CHUNK + lanes
-            h = _store_h(x_row, x2_row, res_row, out_row, w_a_ptr, w_b_ptr, w_c_ptr, cols, cols < hidden, inv_a,
-                         inv_b, inv_c, scalar, MODE, BF16_RNE_BY_BITS, LAST_EVICT)
-            sum_h += h * h
+            sum_h = _store_h_chunk(x_row, x2_row, res_row, out_row, w_a_ptr, w_b_ptr, w_c_ptr, c * CHUNK + lanes,
+                                   hidden, inv_a, inv_b, inv_c, scalar, sum_h, MODE, BF16_RNE_BY_BITS,
+                                   LAST_EVICT)
     inv_h = _row_inv_rms(sum_h, hidden, eps)
 
     # Pass 4 reads h as other threads of this program stored it: the barrier
@@ -361,12 +342,12 @@ def _end_of_layer_norm_chunked_kernel(
     tl.debug_barrier()
     if UNROLL == 0:
         for c in tl.static_range(NUM_CHUNKS):
-            cols = c * CHUNK + lanes
-            _store_next(out_row, next_row, w_next_ptr, cols, cols < hidden, inv_h, BF16_RNE_BY_BITS, LAST_EVICT)
+            _store_next_chunk(out_row, next_row, w_next_ptr, c * CHUNK + lanes, hidden, inv_h, BF16_RNE_BY_BITS,
+                              LAST_EVICT)
     else:
         for c in tl.range(0, NUM_CHUNKS, loop_unroll_factor=UNROLL):
-            cols = c * CHUNK + lanes
-            _store_next(out_row, next_row, w_next_ptr, cols, cols < hidden, inv_h, BF16_RNE_BY_BITS, LAST_EVICT)
+            _store_next_chunk(out_row, next_row, w_next_ptr, c * CHUNK + lanes, hidden, inv_h, BF16_RNE_BY_BITS,
+                              LAST_EVICT)
 
 
 @triton.jit
@@ -481,146 +462,6 @@ def _segment_next(h, w_next_ptr, next_row, start, hidden, inv_h, SEG: tl.constex
     act = next_row.dtype.element_ty
     next_in = h * inv_h * _load_weight(w_next_ptr, cols, col_ok)
     tl.store(next_row + cols, round_to(next_in, act, BF16_RNE_BY_BITS).to(act), mask=col_ok)
-
-
-@triton.jit
-def _segmented_tile(
-    PASS: tl.constexpr, x_row, x2_row, res_row, out_row, next_row, w_a_ptr, w_b_ptr, w_c_ptr, w_next_ptr, cols,
-    inv_a, inv_b, inv_c, inv_h, scalar, lane_0, lane_1, MODE: tl.constexpr, BF16_RNE_BY_BITS: tl.constexpr,
-    REREAD_EVICT: tl.constexpr, LAST_EVICT: tl.constexpr,
-):
-    """Pass ``PASS`` (as in :func:`_end_of_layer_norm_chunked_kernel`) on one
-    unmasked ``[LANES, VEC]`` tile; returns the pass's lane sums."""
-    if PASS == 1:
-        lane_0, lane_1 = _input_sums(x_row, x2_row, cols, None, lane_0, lane_1, MODE, REREAD_EVICT)
-    elif PASS == 2:
-        combined = _moe_branch_sum(x_row, x2_row, w_a_ptr, w_b_ptr, cols, None, inv_a, inv_b, REREAD_EVICT)
-        lane_0 = _add_lanes(lane_0, combined * combined)
-    elif PASS == 3:
-        h = _store_h(x_row, x2_row, res_row, out_row, w_a_ptr, w_b_ptr, w_c_ptr, cols, None, inv_a, inv_b, inv_c,
-                     scalar, MODE, BF16_RNE_BY_BITS, LAST_EVICT)
-        lane_0 = _add_lanes(lane_0, h * h)
-    else:
-        _store_next(out_row, next_row, w_next_ptr, cols, None, inv_h, BF16_RNE_BY_BITS, LAST_EVICT)
-    return lane_0, lane_1
-
-
-@triton.jit
-def _segmented_pass(
-    PASS: tl.constexpr, x_row, x2_row, res_row, out_row, next_row, w_a_ptr, w_b_ptr, w_c_ptr, w_next_ptr,
-    inv_a, inv_b, inv_c, inv_h, scalar, CHUNK: tl.constexpr, NUM_CHUNKS: tl.constexpr, TAIL0: tl.constexpr,
-    TAIL1: tl.constexpr, LANES: tl.constexpr, ROLLED: tl.constexpr, MODE: tl.constexpr,
-    BF16_RNE_BY_BITS: tl.constexpr, REREAD_EVICT: tl.constexpr, LAST_EVICT: tl.constexpr,
-):
-    """Pass ``PASS`` over a row: its whole chunks (a loop with ``ROLLED``,
-    else unrolled), then its tails; the lanes' sums of the pass (two for pass 1)."""
-    lane_0 = tl.zeros([LANES], dtype=tl.float32)
-    lane_1 = tl.zeros([LANES], dtype=tl.float32)
-    TAILS: tl.constexpr = NUM_CHUNKS * CHUNK
-    if ROLLED:
-        for start in tl.range(0, TAILS, CHUNK):
-            lane_0, lane_1 = _segmented_tile(
-                PASS, x_row, x2_row, res_row, out_row, next_row, w_a_ptr, w_b_ptr, w_c_ptr, w_next_ptr,
-                _segment_cols(start, CHUNK, LANES), inv_a, inv_b, inv_c, inv_h, scalar, lane_0, lane_1, MODE,
-                BF16_RNE_BY_BITS, REREAD_EVICT, LAST_EVICT,
-            )
-    else:
-        for c in tl.static_range(NUM_CHUNKS):
-            lane_0, lane_1 = _segmented_tile(
-                PASS, x_row, x2_row, res_row, out_row, next_row, w_a_ptr, w_b_ptr, w_c_ptr, w_next_ptr,
-                _segment_cols(c * CHUNK, CHUNK, LANES), inv_a, inv_b, inv_c, inv_h, scalar, lane_0, lane_1, MODE,
-                BF16_RNE_BY_BITS, REREAD_EVICT, LAST_EVICT,
-            )
-    if TAIL0 > 0:
-        lane_0, lane_1 = _segmented_tile(
-            PASS, x_row, x2_row, res_row, out_row, next_row, w_a_ptr, w_b_ptr, w_c_ptr, w_next_ptr,
-            _segment_cols(TAILS, TAIL0, LANES), inv_a, inv_b, inv_c, inv_h, scalar, lane_0, lane_1, MODE,
-            BF16_RNE_BY_BITS, REREAD_EVICT, LAST_EVICT,
-        )
-    if TAIL1 > 0:
-        lane_0, lane_1 = _segmented_tile(
-            PASS, x_row, x2_row, res_row, out_row, next_row, w_a_ptr, w_b_ptr, w_c_ptr, w_next_ptr,
-            _segment_cols(TAILS + TAIL0, TAIL1, LANES), inv_a, inv_b, inv_c, inv_h, scalar, lane_0, lane_1, MODE,
-            BF16_RNE_BY_BITS, REREAD_EVICT, LAST_EVICT,
-        )
-    return lane_0, lane_1
-
-
-@triton.jit(do_not_specialize=["n_rows"])
-def _end_of_layer_norm_segmented_kernel(
-    x_ptr,
-    x2_ptr,
-    res_ptr,
-    scalar_ptr,
-    w_a_ptr,
-    w_b_ptr,
-    w_c_ptr,
-    w_next_ptr,
-    out_ptr,
-    next_ptr,
-    n_rows,
-    hidden,
-    x_stride,
-    x2_stride,
-    res_stride,
-    eps,
-    MODE: tl.constexpr,
-    CHUNK: tl.constexpr,
-    NUM_CHUNKS: tl.constexpr,
-    TAIL0: tl.constexpr,
-    TAIL1: tl.constexpr,
-    LANES: tl.constexpr,
-    ROLLED: tl.constexpr,
-    BF16_RNE_BY_BITS: tl.constexpr,
-    REREAD_EVICT: tl.constexpr,
-    LAST_EVICT: tl.constexpr,
-    USE_PDL: tl.constexpr = False,
-):
-    """The chunked kernel's four passes over a row held exactly: ``NUM_CHUNKS``
-    chunks of ``CHUNK`` columns, then tails of ``TAIL0`` and ``TAIL1`` columns
-    (powers of two, 0: none; 5376 = 2 x 2048 + 1024 + 256). No lane is masked,
-    so none issues work past the row (a 5376 row's last 2048-column chunk idles
-    37.5% of its lanes). Every tile is split over the same ``LANES`` lanes
-    (:func:`_segment_cols`), so the tiles' sums add lane by lane in registers
-    and each pass reduces across threads once. Pass 1 is unrolled; ``ROLLED``:
-    the whole chunks of passes 2-4 in a loop. The same operations as the
-    chunked kernel per element; the sums are added in another order."""
-    wait_for_previous_grid(USE_PDL)
-    row = tl.program_id(0).to(tl.int64)
-    x_row = x_ptr + row * x_stride
-    x2_row = x2_ptr + row * x2_stride
-    res_row = res_ptr + row * res_stride
-    out_row = out_ptr + row * hidden
-    next_row = next_ptr + row * hidden
-    scalar = tl.load(scalar_ptr).to(tl.float32)
-
-    sum_a, sum_b = _segmented_pass(
-        1, x_row, x2_row, res_row, out_row, next_row, w_a_ptr, w_b_ptr, w_c_ptr, w_next_ptr, eps, eps, eps, eps,
-        scalar, CHUNK, NUM_CHUNKS, TAIL0, TAIL1, LANES, False, MODE, BF16_RNE_BY_BITS, REREAD_EVICT, LAST_EVICT,
-    )
-    inv_a = _row_inv_rms(sum_a, hidden, eps)
-    inv_b = _row_inv_rms(sum_b, hidden, eps)
-    inv_c = inv_a  # read by MoE layers only
-    if MODE == 1:
-        sum_c, _ = _segmented_pass(
-            2, x_row, x2_row, res_row, out_row, next_row, w_a_ptr, w_b_ptr, w_c_ptr, w_next_ptr, inv_a, inv_b,
-            inv_c, eps, scalar, CHUNK, NUM_CHUNKS, TAIL0, TAIL1, LANES, ROLLED, MODE, BF16_RNE_BY_BITS,
-            REREAD_EVICT, LAST_EVICT,
-        )
-        inv_c = _row_inv_rms(sum_c, hidden, eps)
-    sum_h, _ = _segmented_pass(
-        3, x_row, x2_row, res_row, out_row, next_row, w_a_ptr, w_b_ptr, w_c_ptr, w_next_ptr, inv_a, inv_b, inv_c,
-        eps, scalar, CHUNK, NUM_CHUNKS, TAIL0, TAIL1, LANES, ROLLED, MODE, BF16_RNE_BY_BITS, REREAD_EVICT,
-        LAST_EVICT,
-    )
-    inv_h = _row_inv_rms(sum_h, hidden, eps)
-    # Pass 4 reads h as other threads of this program stored it.
-    tl.debug_barrier()
-    _segmented_pass(
-        4, x_row, x2_row, res_row, out_row, next_row, w_a_ptr, w_b_ptr, w_c_ptr, w_next_ptr, inv_a, inv_b, inv_c,
-        inv_h, scalar, CHUNK, NUM_CHUNKS, TAIL0, TAIL1, LANES, ROLLED, MODE, BF16_RNE_BY_BITS, REREAD_EVICT,
-        LAST_EVICT,
-    )
 
 
 @triton.jit(do_not_specialize=["n_rows"])
@@ -1034,8 +875,8 @@ def _launch(
         raise ValueError(f"unroll must be >= 0, and 0 for the row kernel: {launch}")
     if launch.act_cache not in ("", ".cg") or (launch.act_cache and launch.kernel != "persistent"):
         raise ValueError(f"act_cache must be '' or '.cg', and '' except for the persistent kernel: {launch}")
-    if launch.stream_hints and launch.kernel not in ("chunked", "segmented"):
-        raise ValueError(f"stream_hints is an option of the chunked and segmented kernels only: {launch}")
+    if launch.stream_hints and launch.kernel != "chunked":
+        raise ValueError(f"stream_hints is an option of the chunked kernel only: {launch}")
     if launch.kernel == "row":
         rows = launch.rows_per_program
         if rows < 1 or rows & (rows - 1):
@@ -1064,21 +905,6 @@ def _launch(
         _end_of_layer_norm_chunked_kernel[(n_rows,)](
             *args, MODE=mode, CHUNK=launch.block_h, NUM_CHUNKS=triton.cdiv(hidden, launch.block_h),
             UNROLL=launch.unroll, BF16_RNE_BY_BITS=bf16_by_bits,
-            REREAD_EVICT="evict_last" if launch.stream_hints else "",
-            LAST_EVICT="evict_first" if launch.stream_hints else "",
-            num_warps=launch.num_warps, **pdl,
-        )
-    elif launch.kernel == "segmented":
-        tiles = exact_chunks(hidden, launch.block_h, 32 * launch.num_warps)
-        if launch.rows_per_program != 1 or launch.unroll > 1 or tiles is None:
-            raise ValueError(
-                f"the segmented kernel takes one row per program, unroll 0 or 1, and a row whose remainder "
-                f"past its whole chunks is at most two powers of two (hidden {hidden}): {launch}"
-            )
-        num_chunks, tail0, tail1, lanes = tiles
-        _end_of_layer_norm_segmented_kernel[(n_rows,)](
-            *args, MODE=mode, CHUNK=launch.block_h, NUM_CHUNKS=num_chunks, TAIL0=tail0, TAIL1=tail1, LANES=lanes,
-            ROLLED=launch.unroll == 1, BF16_RNE_BY_BITS=bf16_by_bits,
             REREAD_EVICT="evict_last" if launch.stream_hints else "",
             LAST_EVICT="evict_first" if launch.stream_hints else "",
             num_warps=launch.num_warps, **pdl,
