@@ -123,6 +123,12 @@ KERNELS = [
     ),
     (tri._triple_norm_chunked_kernel, dict(CHUNK=2048, NUM_CHUNKS=3, ROLLED=False, MOE_OUTPUTS=True, ACT_EVICT="", PAIRED_SUMS=False), 8),
     (
+        tri._triple_norm_segmented_kernel,
+        dict(CHUNK=1024, NUM_CHUNKS=2, TAIL0=512, TAIL1=256, LANES=128, ROLLED=False, MOE_OUTPUTS=True,
+             ACT_EVICT="evict_first", PAIRED_SUMS=True),
+        4,
+    ),
+    (
         tri._triple_norm_persistent_kernel,
         dict(SEG0=4096, SEG1=1024, SEG2=256, LANES=256, MOE_OUTPUTS=False, ACT_EVICT="", PAIRED_SUMS=False),
         8,

@@ -47,16 +47,18 @@ three normalizations share one rsqrt. (An earlier upstream router-norm fusion
 was reverted for a bf16 routing regression; matching the rounding points is
 what keeps the selected experts the same.)
 
-Three kernels, all reading each row once (attn_out, residual) and writing it
+Four kernels, all reading each row once (attn_out, residual) and writing it
 four (two) times, the minimum DRAM traffic: whole rows held in registers, each
 element loaded once, a row as power-of-two segments that add up to it
 (no idle lanes) or padded to a power of two; the same rows in a fixed
-(persistent) grid whose programs prefetch their next row; and one row per
+(persistent) grid whose programs prefetch their next row; one row per
 program walked in chunks over three passes, re-reading from cache, whose
-small register footprint keeps many rows in flight per SM.
+small register footprint keeps many rows in flight per SM; and the same
+passes over whole chunks and exact power-of-two tails (no masked lane).
 :func:`launch_config` picks the kernel and its shape from a table measured
-on the H200 (the 4-output mode takes the chunks for prefills; the 2-output
-mode whole rows, in the persistent grid from 4096 rows at 2560 and 5376).
+on the H200 (the 4-output mode takes the chunks or the segmented passes for
+prefills; the 2-output mode whole rows, in the persistent grid from 4096 rows
+at 2560 and 5376).
 Two options of :class:`TripleNormLaunch` change how, not what, they compute:
 the chunked passes as rolled loops (as Inductor compiles this reduction: one
 chunk's registers live) instead of unrolled, and the sums of squares of ``s``
@@ -140,8 +142,20 @@ def triple_rmsnorm_reference(
 
 @triton.jit
 def _load_weight(ptr, cols, col_ok):
-    # Every row reads the weights: keep them in L2.
-    return tl.load(ptr + cols, mask=col_ok, other=0.0, eviction_policy="evict_last").to(tl.float32)
+    # Every row reads the weights: keep them in L2. col_ok None: every lane is a column.
+    if col_ok is None:
+        return tl.load(ptr + cols, eviction_policy="evict_last").to(tl.float32)
+    else:
+        return tl.load(ptr + cols, mask=col_ok, other=0.0, eviction_policy="evict_last").to(tl.float32)
+
+
+@triton.jit
+def _load_act(ptrs, col_ok, EVICT: tl.constexpr):
+    """An activation load in fp32 with hint ``EVICT`` (``col_ok`` None: unmasked)."""
+    if col_ok is None:
+        return tl.load(ptrs, eviction_policy=EVICT).to(tl.float32)
+    else:
+        return tl.load(ptrs, mask=col_ok, other=0.0, eviction_policy=EVICT).to(tl.float32)
 
 
 @triton.jit
@@ -492,8 +506,9 @@ def _triple_norm_persistent_kernel(
 
 
 @triton.jit
-def _chunk_x_squares(attn_ptr, base, cols, hidden):
-    x = tl.load(attn_ptr + base + cols, mask=cols < hidden, other=0.0).to(tl.float32)
+def _chunk_x_squares(attn_ptr, base, cols, col_ok):
+    """The squares of ``attn_out`` over one tile (``col_ok`` None: every lane is a column)."""
+    x = _load_act(attn_ptr + base + cols, col_ok, "")
     return x * x
 
 
@@ -501,20 +516,20 @@ def _chunk_x_squares(attn_ptr, base, cols, hidden):
 def _chunk_residual(
     attn_ptr, res_ptr, w_post_ptr, base, cols, col_ok, inv_x, EVICT: tl.constexpr, BF16_RNE_BY_BITS: tl.constexpr
 ):
-    """``(s, r)`` of a chunk (see :func:`_residual_sum`); the activations' loads with hint ``EVICT``."""
+    """``(s, r)`` of a tile (see :func:`_residual_sum`); the activations' loads with hint ``EVICT``."""
     act = res_ptr.dtype.element_ty
-    x = tl.load(attn_ptr + base + cols, mask=col_ok, other=0.0, eviction_policy=EVICT).to(tl.float32)
-    res = tl.load(res_ptr + base + cols, mask=col_ok, other=0.0, eviction_policy=EVICT).to(tl.float32)
+    x = _load_act(attn_ptr + base + cols, col_ok, EVICT)
+    res = _load_act(res_ptr + base + cols, col_ok, EVICT)
     return _residual_sum(x, res, inv_x, _load_weight(w_post_ptr, cols, col_ok), act, BF16_RNE_BY_BITS)
 
 
 @triton.jit
 def _chunk_s_and_r_squares(
-    attn_ptr, res_ptr, w_post_ptr, base, cols, hidden, inv_x,
+    attn_ptr, res_ptr, w_post_ptr, base, cols, col_ok, inv_x,
     MOE_OUTPUTS: tl.constexpr, BF16_RNE_BY_BITS: tl.constexpr,
 ):
-    """``(s * s, r * r)`` of a chunk (``r * r`` is zero without ``MOE_OUTPUTS``)."""
-    s, r = _chunk_residual(attn_ptr, res_ptr, w_post_ptr, base, cols, cols < hidden, inv_x, "", BF16_RNE_BY_BITS)
+    """``(s * s, r * r)`` of a tile (``r * r`` is zero without ``MOE_OUTPUTS``)."""
+    s, r = _chunk_residual(attn_ptr, res_ptr, w_post_ptr, base, cols, col_ok, inv_x, "", BF16_RNE_BY_BITS)
     r32 = r.to(tl.float32)
     if MOE_OUTPUTS:
         r_squares = r32 * r32
@@ -526,12 +541,11 @@ def _chunk_s_and_r_squares(
 @triton.jit
 def _chunk_outputs(
     attn_ptr, res_ptr, w_post_ptr, w_pre_ff_ptr, w_router_ptr, w_pre_ff_2_ptr,
-    r_ptr, dense_ptr, router_ptr, moe_ptr, base, cols, hidden, inv_x, inv_s, inv_r,
+    r_ptr, dense_ptr, router_ptr, moe_ptr, base, cols, col_ok, inv_x, inv_s, inv_r,
     MOE_OUTPUTS: tl.constexpr, ACT_EVICT: tl.constexpr, BF16_RNE_BY_BITS: tl.constexpr,
 ):
-    """Recompute ``s`` and ``r`` of a chunk and store its outputs."""
+    """Recompute ``s`` and ``r`` of a tile and store its outputs."""
     act = r_ptr.dtype.element_ty
-    col_ok = cols < hidden
     s, r = _chunk_residual(attn_ptr, res_ptr, w_post_ptr, base, cols, col_ok, inv_x, ACT_EVICT, BF16_RNE_BY_BITS)
     tl.store(r_ptr + base + cols, r, mask=col_ok)
     dense = (s * inv_s) * _load_weight(w_pre_ff_ptr, cols, col_ok)
@@ -590,25 +604,29 @@ def _triple_norm_chunked_kernel(
     sum_x = tl.zeros([CHUNK], dtype=tl.float32)
     if ROLLED:
         for start in tl.range(0, hidden, CHUNK):
-            sum_x += _chunk_x_squares(attn_ptr, base, start + lanes, hidden)
+            cols = start + lanes
+            sum_x += _chunk_x_squares(attn_ptr, base, cols, cols < hidden)
     else:
         for c in tl.static_range(NUM_CHUNKS):
-            sum_x += _chunk_x_squares(attn_ptr, base, c * CHUNK + lanes, hidden)
+            cols = c * CHUNK + lanes
+            sum_x += _chunk_x_squares(attn_ptr, base, cols, cols < hidden)
     inv_x = tl.rsqrt(tl.sum(sum_x, axis=0) / hidden + eps)
 
     lane_s = tl.zeros([CHUNK], dtype=tl.float32)
     lane_r = tl.zeros([CHUNK], dtype=tl.float32)
     if ROLLED:
         for start in tl.range(0, hidden, CHUNK):
+            cols = start + lanes
             s_squares, r_squares = _chunk_s_and_r_squares(
-                attn_ptr, res_ptr, w_post_ptr, base, start + lanes, hidden, inv_x, MOE_OUTPUTS, BF16_RNE_BY_BITS
+                attn_ptr, res_ptr, w_post_ptr, base, cols, cols < hidden, inv_x, MOE_OUTPUTS, BF16_RNE_BY_BITS
             )
             lane_s += s_squares
             lane_r += r_squares
     else:
         for c in tl.static_range(NUM_CHUNKS):
+            cols = c * CHUNK + lanes
             s_squares, r_squares = _chunk_s_and_r_squares(
-                attn_ptr, res_ptr, w_post_ptr, base, c * CHUNK + lanes, hidden, inv_x, MOE_OUTPUTS, BF16_RNE_BY_BITS
+                attn_ptr, res_ptr, w_post_ptr, base, cols, cols < hidden, inv_x, MOE_OUTPUTS, BF16_RNE_BY_BITS
             )
             lane_s += s_squares
             lane_r += r_squares
@@ -620,72 +638,86 @@ def _triple_norm_chunked_kernel(
 
     if ROLLED:
         for start in tl.range(0, hidden, CHUNK):
+            cols = start + lanes
             _chunk_outputs(
                 attn_ptr, res_ptr, w_post_ptr, w_pre_ff_ptr, w_router_ptr, w_pre_ff_2_ptr,
-                r_ptr, dense_ptr, router_ptr, moe_ptr, base, start + lanes, hidden, inv_x, inv_s, inv_r,
+                r_ptr, dense_ptr, router_ptr, moe_ptr, base, cols, cols < hidden, inv_x, inv_s, inv_r,
                 MOE_OUTPUTS, ACT_EVICT, BF16_RNE_BY_BITS,
             )
     else:
         for c in tl.static_range(NUM_CHUNKS):
+            cols = c * CHUNK + lanes
             _chunk_outputs(
                 attn_ptr, res_ptr, w_post_ptr, w_pre_ff_ptr, w_router_ptr, w_pre_ff_2_ptr,
-                r_ptr, dense_ptr, router_ptr, moe_ptr, base, c * CHUNK + lanes, hidden, inv_x, inv_s, inv_r,
+                r_ptr, dense_ptr, router_ptr, moe_ptr, base, cols, cols < hidden, inv_x, inv_s, inv_r,
                 MOE_OUTPUTS, ACT_EVICT, BF16_RNE_BY_BITS,
             )
 
 
 @triton.jit
-def _tile_x_squares(attn_ptr, base, cols):
-    """Pass 1 on one tile of a row held exactly (no mask: every lane is a column)."""
-    x = tl.load(attn_ptr + base + cols).to(tl.float32)
-    return tl.sum(x * x, axis=2)
-
-
-@triton.jit
-def _tile_residual(attn_ptr, res_ptr, w_post_ptr, base, cols, inv_x, EVICT: tl.constexpr, BF16_RNE_BY_BITS: tl.constexpr):
-    """``(s, r)`` of one tile (see :func:`_residual_sum`)."""
-    offs = base + cols
-    x = tl.load(attn_ptr + offs, eviction_policy=EVICT).to(tl.float32)
-    res = tl.load(res_ptr + offs, eviction_policy=EVICT).to(tl.float32)
-    w_post = tl.load(w_post_ptr + cols, eviction_policy="evict_last").to(tl.float32)
-    return _residual_sum(x, res, inv_x, w_post, res_ptr.dtype.element_ty, BF16_RNE_BY_BITS)
-
-
-@triton.jit
-def _tile_s_and_r_squares(
-    attn_ptr, res_ptr, w_post_ptr, base, cols, inv_x, MOE_OUTPUTS: tl.constexpr, BF16_RNE_BY_BITS: tl.constexpr
+def _segmented_tile(
+    PASS: tl.constexpr, attn_ptr, res_ptr, w_post_ptr, w_pre_ff_ptr, w_router_ptr, w_pre_ff_2_ptr, r_ptr, dense_ptr,
+    router_ptr, moe_ptr, base, cols, inv_x, inv_s, inv_r, lane_0, lane_1, MOE_OUTPUTS: tl.constexpr,
+    ACT_EVICT: tl.constexpr, BF16_RNE_BY_BITS: tl.constexpr,
 ):
-    """Pass 2 on one tile: each lane's sums of ``s * s`` and ``r * r`` (zero without ``MOE_OUTPUTS``)."""
-    s, r = _tile_residual(attn_ptr, res_ptr, w_post_ptr, base, cols, inv_x, "", BF16_RNE_BY_BITS)
-    lane_s = tl.sum(s * s, axis=2)
-    if MOE_OUTPUTS:
-        r32 = r.to(tl.float32)
-        lane_r = tl.sum(r32 * r32, axis=2)
+    """Pass ``PASS`` (as in :func:`_triple_norm_chunked_kernel`) on one unmasked
+    ``[1, LANES, VEC]`` tile: each lane's sums of squares added to ``lane_0``
+    (of ``x``, then of ``s``) and ``lane_1`` (of ``r``), or the outputs stored."""
+    if PASS == 1:
+        lane_0 += tl.sum(_chunk_x_squares(attn_ptr, base, cols, None), axis=2)
+    elif PASS == 2:
+        s_squares, r_squares = _chunk_s_and_r_squares(
+            attn_ptr, res_ptr, w_post_ptr, base, cols, None, inv_x, MOE_OUTPUTS, BF16_RNE_BY_BITS
+        )
+        lane_0 += tl.sum(s_squares, axis=2)
+        lane_1 += tl.sum(r_squares, axis=2)
     else:
-        lane_r = tl.zeros_like(lane_s)
-    return lane_s, lane_r
+        _chunk_outputs(
+            attn_ptr, res_ptr, w_post_ptr, w_pre_ff_ptr, w_router_ptr, w_pre_ff_2_ptr, r_ptr, dense_ptr, router_ptr,
+            moe_ptr, base, cols, None, inv_x, inv_s, inv_r, MOE_OUTPUTS, ACT_EVICT, BF16_RNE_BY_BITS,
+        )
+    return lane_0, lane_1
 
 
 @triton.jit
-def _tile_outputs(
-    attn_ptr, res_ptr, w_post_ptr, w_pre_ff_ptr, w_router_ptr, w_pre_ff_2_ptr,
-    r_ptr, dense_ptr, router_ptr, moe_ptr, base, cols, inv_x, inv_s, inv_r,
-    MOE_OUTPUTS: tl.constexpr, ACT_EVICT: tl.constexpr, BF16_RNE_BY_BITS: tl.constexpr,
+def _segmented_pass(
+    PASS: tl.constexpr, attn_ptr, res_ptr, w_post_ptr, w_pre_ff_ptr, w_router_ptr, w_pre_ff_2_ptr, r_ptr, dense_ptr,
+    router_ptr, moe_ptr, base, inv_x, inv_s, inv_r, CHUNK: tl.constexpr, NUM_CHUNKS: tl.constexpr,
+    TAIL0: tl.constexpr, TAIL1: tl.constexpr, LANES: tl.constexpr, ROLLED: tl.constexpr, MOE_OUTPUTS: tl.constexpr,
+    ACT_EVICT: tl.constexpr, BF16_RNE_BY_BITS: tl.constexpr,
 ):
-    """Pass 3 on one tile: ``s`` and ``r`` recomputed, the outputs stored (``r`` after its residual was read)."""
-    s, r = _tile_residual(attn_ptr, res_ptr, w_post_ptr, base, cols, inv_x, ACT_EVICT, BF16_RNE_BY_BITS)
-    offs = base + cols
-    tl.store(r_ptr + offs, r)
-    w_pre_ff = tl.load(w_pre_ff_ptr + cols, eviction_policy="evict_last").to(tl.float32)
-    w_router = w_pre_ff
-    w_pre_ff_2 = w_pre_ff
-    if MOE_OUTPUTS:
-        w_router = tl.load(w_router_ptr + cols, eviction_policy="evict_last").to(tl.float32)
-        w_pre_ff_2 = tl.load(w_pre_ff_2_ptr + cols, eviction_policy="evict_last").to(tl.float32)
-    _segment_outputs(
-        s, r.to(tl.float32), inv_s, inv_r, w_pre_ff, w_router, w_pre_ff_2, dense_ptr, router_ptr, moe_ptr,
-        offs, None, MOE_OUTPUTS, BF16_RNE_BY_BITS,
-    )
+    """Pass ``PASS`` over a row: its whole chunks (a loop with ``ROLLED``, else
+    unrolled), then its tails; the lanes' sums of the pass."""
+    lane_0 = tl.zeros([1, LANES], dtype=tl.float32)
+    lane_1 = tl.zeros([1, LANES], dtype=tl.float32)
+    TAILS: tl.constexpr = NUM_CHUNKS * CHUNK
+    if ROLLED:
+        for start in tl.range(0, TAILS, CHUNK):
+            lane_0, lane_1 = _segmented_tile(
+                PASS, attn_ptr, res_ptr, w_post_ptr, w_pre_ff_ptr, w_router_ptr, w_pre_ff_2_ptr, r_ptr, dense_ptr,
+                router_ptr, moe_ptr, base, _segment_cols(start, CHUNK, LANES), inv_x, inv_s, inv_r, lane_0, lane_1,
+                MOE_OUTPUTS, ACT_EVICT, BF16_RNE_BY_BITS,
+            )
+    else:
+        for c in tl.static_range(NUM_CHUNKS):
+            lane_0, lane_1 = _segmented_tile(
+                PASS, attn_ptr, res_ptr, w_post_ptr, w_pre_ff_ptr, w_router_ptr, w_pre_ff_2_ptr, r_ptr, dense_ptr,
+                router_ptr, moe_ptr, base, _segment_cols(c * CHUNK, CHUNK, LANES), inv_x, inv_s, inv_r, lane_0,
+                lane_1, MOE_OUTPUTS, ACT_EVICT, BF16_RNE_BY_BITS,
+            )
+    if TAIL0 > 0:
+        lane_0, lane_1 = _segmented_tile(
+            PASS, attn_ptr, res_ptr, w_post_ptr, w_pre_ff_ptr, w_router_ptr, w_pre_ff_2_ptr, r_ptr, dense_ptr,
+            router_ptr, moe_ptr, base, _segment_cols(TAILS, TAIL0, LANES), inv_x, inv_s, inv_r, lane_0, lane_1,
+            MOE_OUTPUTS, ACT_EVICT, BF16_RNE_BY_BITS,
+        )
+    if TAIL1 > 0:
+        lane_0, lane_1 = _segmented_tile(
+            PASS, attn_ptr, res_ptr, w_post_ptr, w_pre_ff_ptr, w_router_ptr, w_pre_ff_2_ptr, r_ptr, dense_ptr,
+            router_ptr, moe_ptr, base, _segment_cols(TAILS + TAIL0, TAIL1, LANES), inv_x, inv_s, inv_r, lane_0,
+            lane_1, MOE_OUTPUTS, ACT_EVICT, BF16_RNE_BY_BITS,
+        )
+    return lane_0, lane_1
 
 
 @triton.jit(do_not_specialize=["n_rows"])
@@ -726,83 +758,25 @@ def _triple_norm_segmented_kernel(
     ``ROLLED``: the full chunks of each pass in a loop (the tails unrolled)."""
     wait_for_previous_grid(USE_PDL)
     base = tl.program_id(0).to(tl.int64) * hidden
-    TAILS: tl.constexpr = NUM_CHUNKS * CHUNK
-
-    lane_x = tl.zeros([1, LANES], dtype=tl.float32)
-    if ROLLED:
-        for start in tl.range(0, TAILS, CHUNK):
-            lane_x += _tile_x_squares(attn_ptr, base, _segment_cols(start, CHUNK, LANES))
-    else:
-        for c in tl.static_range(NUM_CHUNKS):
-            lane_x += _tile_x_squares(attn_ptr, base, _segment_cols(c * CHUNK, CHUNK, LANES))
-    if TAIL0 > 0:
-        lane_x += _tile_x_squares(attn_ptr, base, _segment_cols(TAILS, TAIL0, LANES))
-    if TAIL1 > 0:
-        lane_x += _tile_x_squares(attn_ptr, base, _segment_cols(TAILS + TAIL0, TAIL1, LANES))
+    lane_x, _ = _segmented_pass(
+        1, attn_ptr, res_ptr, w_post_ptr, w_pre_ff_ptr, w_router_ptr, w_pre_ff_2_ptr, r_ptr, dense_ptr, router_ptr,
+        moe_ptr, base, eps, eps, eps, CHUNK, NUM_CHUNKS, TAIL0, TAIL1, LANES, ROLLED, MOE_OUTPUTS, ACT_EVICT,
+        BF16_RNE_BY_BITS,
+    )
     inv_x = tl.rsqrt(tl.sum(lane_x, axis=1) / hidden + eps)[:, None, None]
-
-    lane_s = tl.zeros([1, LANES], dtype=tl.float32)
-    lane_r = tl.zeros([1, LANES], dtype=tl.float32)
-    if ROLLED:
-        for start in tl.range(0, TAILS, CHUNK):
-            s_sq, r_sq = _tile_s_and_r_squares(
-                attn_ptr, res_ptr, w_post_ptr, base, _segment_cols(start, CHUNK, LANES), inv_x, MOE_OUTPUTS,
-                BF16_RNE_BY_BITS,
-            )
-            lane_s += s_sq
-            lane_r += r_sq
-    else:
-        for c in tl.static_range(NUM_CHUNKS):
-            s_sq, r_sq = _tile_s_and_r_squares(
-                attn_ptr, res_ptr, w_post_ptr, base, _segment_cols(c * CHUNK, CHUNK, LANES), inv_x, MOE_OUTPUTS,
-                BF16_RNE_BY_BITS,
-            )
-            lane_s += s_sq
-            lane_r += r_sq
-    if TAIL0 > 0:
-        s_sq, r_sq = _tile_s_and_r_squares(
-            attn_ptr, res_ptr, w_post_ptr, base, _segment_cols(TAILS, TAIL0, LANES), inv_x, MOE_OUTPUTS,
-            BF16_RNE_BY_BITS,
-        )
-        lane_s += s_sq
-        lane_r += r_sq
-    if TAIL1 > 0:
-        s_sq, r_sq = _tile_s_and_r_squares(
-            attn_ptr, res_ptr, w_post_ptr, base, _segment_cols(TAILS + TAIL0, TAIL1, LANES), inv_x, MOE_OUTPUTS,
-            BF16_RNE_BY_BITS,
-        )
-        lane_s += s_sq
-        lane_r += r_sq
+    lane_s, lane_r = _segmented_pass(
+        2, attn_ptr, res_ptr, w_post_ptr, w_pre_ff_ptr, w_router_ptr, w_pre_ff_2_ptr, r_ptr, dense_ptr, router_ptr,
+        moe_ptr, base, inv_x, eps, eps, CHUNK, NUM_CHUNKS, TAIL0, TAIL1, LANES, ROLLED, MOE_OUTPUTS, ACT_EVICT,
+        BF16_RNE_BY_BITS,
+    )
     sum_s, sum_r = _sums_of_s_and_r(lane_s, lane_r, 1, PAIRED_SUMS)
     inv_s = tl.rsqrt(sum_s / hidden + eps)[:, None, None]
     inv_r = tl.rsqrt(sum_r / hidden + eps)[:, None, None]
-
-    if ROLLED:
-        for start in tl.range(0, TAILS, CHUNK):
-            _tile_outputs(
-                attn_ptr, res_ptr, w_post_ptr, w_pre_ff_ptr, w_router_ptr, w_pre_ff_2_ptr, r_ptr, dense_ptr,
-                router_ptr, moe_ptr, base, _segment_cols(start, CHUNK, LANES), inv_x, inv_s, inv_r, MOE_OUTPUTS,
-                ACT_EVICT, BF16_RNE_BY_BITS,
-            )
-    else:
-        for c in tl.static_range(NUM_CHUNKS):
-            _tile_outputs(
-                attn_ptr, res_ptr, w_post_ptr, w_pre_ff_ptr, w_router_ptr, w_pre_ff_2_ptr, r_ptr, dense_ptr,
-                router_ptr, moe_ptr, base, _segment_cols(c * CHUNK, CHUNK, LANES), inv_x, inv_s, inv_r, MOE_OUTPUTS,
-                ACT_EVICT, BF16_RNE_BY_BITS,
-            )
-    if TAIL0 > 0:
-        _tile_outputs(
-            attn_ptr, res_ptr, w_post_ptr, w_pre_ff_ptr, w_router_ptr, w_pre_ff_2_ptr, r_ptr, dense_ptr,
-            router_ptr, moe_ptr, base, _segment_cols(TAILS, TAIL0, LANES), inv_x, inv_s, inv_r, MOE_OUTPUTS,
-            ACT_EVICT, BF16_RNE_BY_BITS,
-        )
-    if TAIL1 > 0:
-        _tile_outputs(
-            attn_ptr, res_ptr, w_post_ptr, w_pre_ff_ptr, w_router_ptr, w_pre_ff_2_ptr, r_ptr, dense_ptr,
-            router_ptr, moe_ptr, base, _segment_cols(TAILS + TAIL0, TAIL1, LANES), inv_x, inv_s, inv_r,
-            MOE_OUTPUTS, ACT_EVICT, BF16_RNE_BY_BITS,
-        )
+    _segmented_pass(
+        3, attn_ptr, res_ptr, w_post_ptr, w_pre_ff_ptr, w_router_ptr, w_pre_ff_2_ptr, r_ptr, dense_ptr, router_ptr,
+        moe_ptr, base, inv_x, inv_s, inv_r, CHUNK, NUM_CHUNKS, TAIL0, TAIL1, LANES, ROLLED, MOE_OUTPUTS, ACT_EVICT,
+        BF16_RNE_BY_BITS,
+    )
 
 
 class TripleNormLaunch(NamedTuple):
@@ -822,7 +796,9 @@ class TripleNormLaunch(NamedTuple):
     2 outputs, which have no sum of ``r``). "persistent": the row kernel's
     rows (``block`` as there, one row at a time) in a grid of
     ``programs_per_sm`` programs per SM (capped at the row count), each
-    prefetching its next row.
+    prefetching its next row. "segmented": the chunked passes over
+    ``hidden // block`` whole chunks and the remainder as at most two
+    power-of-two tails (no masked lane; ``rolled`` loops the whole chunks).
     """
 
     kernel: str
@@ -971,20 +947,35 @@ def row_lanes(segments: tuple[int, int, int], num_warps: int) -> int:
 # hinted evict_last (as Inductor hints its first reads; 384 9.29, 1024 22.16), 1024-column
 # chunks rolled in 4 or 8 warps (Inductor's shape at 768 rows: 17.48, 17.98), 2048 x 16 warps.
 # 2816: the table was 1.09-1.75x compile at 192-3072 rows and stays.
+# Session 9 (2026-11-30, same machine and versions; sweep_in_context.py, results/
+# sweep_in_context_segmented_triple_*.json and ..._2816_mid.log): the segmented kernel (the
+# chunked passes over whole chunks and exact power-of-two tails, so no lane is masked: a
+# 5376 row's last 2048-column chunk idled 37.5% of its lanes, and in these issue-bound
+# kernels masked lanes still issue every instruction; sm_90 offline, 5376 in 2048 x 8
+# unrolled: 1000 SASS instructions against the chunks' 1224). us in context, chosen vs
+# the table then vs torch.compile: 5376 x 384 8.58 vs 8.93 (compile 9.03), x 768 16.60
+# vs 17.33 (16.94), x 1024 19.72 vs 19.90, x 4096 70.84 vs 73.21, x 8192 139.98 vs 144.30,
+# x 16384 274.97 vs 280.67 (rolled 274.22); level or slower at 256 (6.92 vs the row
+# kernel's 6.77), 512 (10.43 vs 10.44), 1536 (29.27 vs 29.22) and 2048 (35.95 vs
+# 35.75), where the table stays. 2816 in 1024 x 4 hinted: x 4096 35.96 vs 37.40 (the
+# exact row), x 8192 70.15 vs 74.86, x 16384 140.51 vs 148.49 (91.1/93.4/93.3% of the
+# run's copy bandwidth, 4.23 TB/s); slower than the row kernel at 256-2048 rows
+# (e.g. x 1024 10.79 vs 9.71).
 # (outputs, hidden) -> (max n_rows, launch) buckets, the first that holds n_rows wins.
 _ALL_ROWS = 1 << 62
 _LAUNCH_TABLE: dict[tuple[int, int], tuple[tuple[int, TripleNormLaunch], ...]] = {
     (4, 2816): (
         (256, TripleNormLaunch("row", 2816, 1, 8, paired_sums=True)),
         (1024, TripleNormLaunch("row", 2816, 1, 8, stream_hints=True, paired_sums=True)),
-        (4096, TripleNormLaunch("row", 2816, 1, 8)),
-        (_ALL_ROWS, TripleNormLaunch("chunked", 1024, 1, 4)),
+        (4095, TripleNormLaunch("row", 2816, 1, 8)),
+        (_ALL_ROWS, TripleNormLaunch("segmented", 1024, 1, 4, stream_hints=True, paired_sums=True)),
     ),
     (4, 5376): (
         (128, TripleNormLaunch("row", 8192, 1, 8, paired_sums=True)),
         (256, TripleNormLaunch("row", 5376, 1, 8, stream_hints=True, paired_sums=True)),
+        (1024, TripleNormLaunch("segmented", 2048, 1, 8, paired_sums=True)),
         (4095, TripleNormLaunch("chunked", 2048, 1, 8, stream_hints=True, paired_sums=True)),
-        (_ALL_ROWS, TripleNormLaunch("chunked", 2048, 1, 8, stream_hints=True)),
+        (_ALL_ROWS, TripleNormLaunch("segmented", 2048, 1, 8, paired_sums=True)),
     ),
     (2, 1536): ((_ALL_ROWS, TripleNormLaunch("row", 1536, 1, 4)),),
     (2, 2560): (
