@@ -164,8 +164,8 @@ def test_kernel_magnitudes_and_zero_row(hidden, scale, dtype):
         assert torch.count_nonzero(out[128]) == 0
 
 
-# The row and the chunked kernel (the table's), and the persistent one with
-# several rows per program.
+# The table's row (33 rows) and segmented (4096) kernels, and the persistent
+# one with several rows per program.
 @pytest.mark.parametrize("tokens,variant", [(33, None), (4096, None), (3001, "persistent_exact_2x")])
 def test_residual_updated_in_place(tokens, variant):
     attn_out, residual, weights = triple_norm_inputs(tokens, 2816, torch.bfloat16, device="cuda", seed=5)
