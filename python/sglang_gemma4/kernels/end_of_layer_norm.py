@@ -672,6 +672,14 @@ class EndOfLayerLaunch(NamedTuple):
 # 12.84; 1536 2048 x 4 20.08 vs 20.88; 3072 35.72 vs 38.79. MoE 384: 1024 x 4 with hints 5.72
 # vs 6.45 (512: 6.80 vs 6.93 without; at 768 the hints lost, 11.81 vs 8.59). The bucket edges
 # at 264 and 529 rows are where the 2048-column launches stop fitting in one wave.
+#
+# Session 9 (2026-11-30, same machine and versions; sweep_in_context.py, results/
+# sweep_in_context_segmented_eol_31B.json and ..._26B.json): the chunked passes over whole
+# chunks and exact power-of-two tails (no masked lane; the triple norm's "segmented" kernel,
+# which won there) gained 1-3% at most (dense 768 rows 9.30 vs 9.57, 1024 12.00 vs 12.18,
+# 2048 25.07 vs 25.26; MoE 16384 127.66 vs 128.90), lost at 192-512 rows (dense 384 6.13 vs
+# 5.65) and at 1024-8192 for the MoE (4096 39.38 vs 35.40), so it was not kept (its code:
+# commit c555f57).
 PREFILL_TABLE: dict[int, tuple[tuple[int, EndOfLayerLaunch], ...]] = {
     2816: (
         (257, EndOfLayerLaunch(1024, 1, 4, "chunked", stream_hints=True)),

@@ -996,7 +996,11 @@ def row_lanes(segments: tuple[int, int, int], num_warps: int) -> int:
 # 35.75), where the table stays. 2816 in 1024 x 4 hinted: x 4096 35.96 vs 37.40 (the
 # exact row), x 8192 70.15 vs 74.86, x 16384 140.51 vs 148.49 (91.1/93.4/93.3% of the
 # run's copy bandwidth, 4.23 TB/s); slower than the row kernel at 256-2048 rows
-# (e.g. x 1024 10.79 vs 9.71).
+# (e.g. x 1024 10.79 vs 9.71). benchmark_triple_rmsnorm.py with this table (5 layouts,
+# results/triple_rmsnorm.json): 2816 x 4096/8192/16384 38.33/72.35/140.99 (85.8/90.9/93.3%
+# of copy; the previous table's run: 40.69/76.96/148.65), 5376 x 384/512/768/1024 8.83/
+# 10.56/17.26/20.69 (compile 9.05/10.97/17.04/23.14: 768 still 0.99x there, 1.03x in two
+# sweeps), x 4096/8192/16384 72.72/138.97/272.77 (86.3/90.4/92.1%).
 # (outputs, hidden) -> (max n_rows, launch) buckets, the first that holds n_rows wins.
 _ALL_ROWS = 1 << 62
 _LAUNCH_TABLE: dict[tuple[int, int], tuple[tuple[int, TripleNormLaunch], ...]] = {
