@@ -989,8 +989,8 @@ def row_lanes(segments: tuple[int, int, int], num_warps: int) -> int:
 # 5376 row's last 2048-column chunk idled 37.5% of its lanes, and in these issue-bound
 # kernels masked lanes still issue every instruction; sm_90 offline, 5376 in 2048 x 8
 # unrolled: 1000 SASS instructions against the chunks' 1224). us in context, chosen vs
-# the table then vs torch.compile: 5376 x 384 8.58 vs 8.93 (compile 9.03), x 768 16.60
-# vs 17.33 (16.94), x 1024 19.72 vs 19.90, x 4096 70.84 vs 73.21, x 8192 139.98 vs 144.30,
+# the table then vs torch.compile: 5376 x 384 8.58 vs 8.93 (compile 8.99), x 768 16.60
+# vs 17.33 (17.02), x 1024 19.72 vs 19.90, x 4096 70.84 vs 73.21, x 8192 139.98 vs 144.30,
 # x 16384 274.97 vs 280.67 (rolled 274.22); level or slower at 256 (6.92 vs the row
 # kernel's 6.77), 512 (10.43 vs 10.44), 1536 (29.27 vs 29.22) and 2048 (35.95 vs
 # 35.75), where the table stays. 2816 in 1024 x 4 hinted: x 4096 35.96 vs 37.40 (the
