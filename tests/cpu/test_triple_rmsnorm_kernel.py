@@ -289,6 +289,8 @@ def test_launch_config_by_width_and_batch():
     assert launch_config(5376, 128) == TripleNormLaunch("row", 8192, 1, 8, paired_sums=True)
     assert launch_config(5376, 256) == TripleNormLaunch("row", 5376, 1, 8, stream_hints=True, paired_sums=True)
     assert launch_config(5376, 257) == TripleNormLaunch("segmented", 2048, 1, 8, paired_sums=True)
+    assert launch_config(5376, 528) == TripleNormLaunch("segmented", 2048, 1, 8, paired_sums=True)
+    assert launch_config(5376, 768) == TripleNormLaunch("segmented", 1024, 1, 4, paired_sums=True)
     assert launch_config(5376, 1024) == TripleNormLaunch("segmented", 2048, 1, 8, paired_sums=True)
     assert launch_config(5376, 1025) == TripleNormLaunch("chunked", 2048, 1, 8, stream_hints=True, paired_sums=True)
     assert launch_config(5376, 4095) == TripleNormLaunch("chunked", 2048, 1, 8, stream_hints=True, paired_sums=True)

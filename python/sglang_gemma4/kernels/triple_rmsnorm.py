@@ -1000,7 +1000,11 @@ def row_lanes(segments: tuple[int, int, int], num_warps: int) -> int:
 # results/triple_rmsnorm.json): 2816 x 4096/8192/16384 38.33/72.35/140.99 (85.8/90.9/93.3%
 # of copy; the previous table's run: 40.69/76.96/148.65), 5376 x 384/512/768/1024 8.83/
 # 10.56/17.26/20.69 (compile 9.05/10.97/17.04/23.14: 768 still 0.99x there, 1.03x in two
-# sweeps), x 4096/8192/16384 72.72/138.97/272.77 (86.3/90.4/92.1%).
+# sweeps), x 4096/8192/16384 72.72/138.97/272.77 (86.3/90.4/92.1%). Then at 768 rows 1024 x 4
+# warps (8 programs per SM: 768 rows in one wave, where 2048 x 8 runs 4 per SM, 1.45 waves):
+# 15.48 vs 16.60 (compile 16.9); at 384/512/1024 it lost (9.65/11.36/20.20 vs 8.58/10.38/19.68;
+# results/sweep_in_context_segmented_triple_5376_768.json). The edges at 528 (one wave of
+# 2048 x 8) and 896 rows are interpolated, not measured.
 # (outputs, hidden) -> (max n_rows, launch) buckets, the first that holds n_rows wins.
 _ALL_ROWS = 1 << 62
 _LAUNCH_TABLE: dict[tuple[int, int], tuple[tuple[int, TripleNormLaunch], ...]] = {
@@ -1013,6 +1017,8 @@ _LAUNCH_TABLE: dict[tuple[int, int], tuple[tuple[int, TripleNormLaunch], ...]] =
     (4, 5376): (
         (128, TripleNormLaunch("row", 8192, 1, 8, paired_sums=True)),
         (256, TripleNormLaunch("row", 5376, 1, 8, stream_hints=True, paired_sums=True)),
+        (528, TripleNormLaunch("segmented", 2048, 1, 8, paired_sums=True)),
+        (896, TripleNormLaunch("segmented", 1024, 1, 4, paired_sums=True)),
         (1024, TripleNormLaunch("segmented", 2048, 1, 8, paired_sums=True)),
         (4095, TripleNormLaunch("chunked", 2048, 1, 8, stream_hints=True, paired_sums=True)),
         (_ALL_ROWS, TripleNormLaunch("segmented", 2048, 1, 8, paired_sums=True)),
