@@ -698,6 +698,72 @@ def _tile_outputs(
     )
 
 
+@triton.jit
+def _segmented_tile(
+    PASS: tl.constexpr, attn_ptr, res_ptr, w_post_ptr, w_pre_ff_ptr, w_router_ptr, w_pre_ff_2_ptr, r_ptr, dense_ptr,
+    router_ptr, moe_ptr, base, cols, inv_x, inv_s, inv_r, lane_0, lane_1, MOE_OUTPUTS: tl.constexpr,
+    ACT_EVICT: tl.constexpr, BF16_RNE_BY_BITS: tl.constexpr,
+):
+    """Pass ``PASS`` (as in :func:`_triple_norm_chunked_kernel`) on one tile:
+    each lane's sums of squares added to ``lane_0`` (of ``x``, then of ``s``)
+    and ``lane_1`` (of ``r``), or the outputs stored."""
+    if PASS == 1:
+        lane_0 += _tile_x_squares(attn_ptr, base, cols)
+    elif PASS == 2:
+        s_squares, r_squares = _tile_s_and_r_squares(
+            attn_ptr, res_ptr, w_post_ptr, base, cols, inv_x, MOE_OUTPUTS, BF16_RNE_BY_BITS
+        )
+        lane_0 += s_squares
+        lane_1 += r_squares
+    else:
+        _tile_outputs(
+            attn_ptr, res_ptr, w_post_ptr, w_pre_ff_ptr, w_router_ptr, w_pre_ff_2_ptr, r_ptr, dense_ptr, router_ptr,
+            moe_ptr, base, cols, inv_x, inv_s, inv_r, MOE_OUTPUTS, ACT_EVICT, BF16_RNE_BY_BITS,
+        )
+    return lane_0, lane_1
+
+
+@triton.jit
+def _segmented_pass(
+    PASS: tl.constexpr, attn_ptr, res_ptr, w_post_ptr, w_pre_ff_ptr, w_router_ptr, w_pre_ff_2_ptr, r_ptr, dense_ptr,
+    router_ptr, moe_ptr, base, inv_x, inv_s, inv_r, CHUNK: tl.constexpr, NUM_CHUNKS: tl.constexpr,
+    TAIL0: tl.constexpr, TAIL1: tl.constexpr, LANES: tl.constexpr, ROLLED: tl.constexpr, MOE_OUTPUTS: tl.constexpr,
+    ACT_EVICT: tl.constexpr, BF16_RNE_BY_BITS: tl.constexpr,
+):
+    """Pass ``PASS`` over a row: its whole chunks (a loop with ``ROLLED``, else
+    unrolled), then its tails; the lanes' sums of the pass."""
+    lane_0 = tl.zeros([1, LANES], dtype=tl.float32)
+    lane_1 = tl.zeros([1, LANES], dtype=tl.float32)
+    TAILS: tl.constexpr = NUM_CHUNKS * CHUNK
+    if ROLLED:
+        for start in tl.range(0, TAILS, CHUNK):
+            lane_0, lane_1 = _segmented_tile(
+                PASS, attn_ptr, res_ptr, w_post_ptr, w_pre_ff_ptr, w_router_ptr, w_pre_ff_2_ptr, r_ptr, dense_ptr,
+                router_ptr, moe_ptr, base, _segment_cols(start, CHUNK, LANES), inv_x, inv_s, inv_r, lane_0, lane_1,
+                MOE_OUTPUTS, ACT_EVICT, BF16_RNE_BY_BITS,
+            )
+    else:
+        for c in tl.static_range(NUM_CHUNKS):
+            lane_0, lane_1 = _segmented_tile(
+                PASS, attn_ptr, res_ptr, w_post_ptr, w_pre_ff_ptr, w_router_ptr, w_pre_ff_2_ptr, r_ptr, dense_ptr,
+                router_ptr, moe_ptr, base, _segment_cols(c * CHUNK, CHUNK, LANES), inv_x, inv_s, inv_r, lane_0,
+                lane_1, MOE_OUTPUTS, ACT_EVICT, BF16_RNE_BY_BITS,
+            )
+    if TAIL0 > 0:
+        lane_0, lane_1 = _segmented_tile(
+            PASS, attn_ptr, res_ptr, w_post_ptr, w_pre_ff_ptr, w_router_ptr, w_pre_ff_2_ptr, r_ptr, dense_ptr,
+            router_ptr, moe_ptr, base, _segment_cols(TAILS, TAIL0, LANES), inv_x, inv_s, inv_r, lane_0, lane_1,
+            MOE_OUTPUTS, ACT_EVICT, BF16_RNE_BY_BITS,
+        )
+    if TAIL1 > 0:
+        lane_0, lane_1 = _segmented_tile(
+            PASS, attn_ptr, res_ptr, w_post_ptr, w_pre_ff_ptr, w_router_ptr, w_pre_ff_2_ptr, r_ptr, dense_ptr,
+            router_ptr, moe_ptr, base, _segment_cols(TAILS + TAIL0, TAIL1, LANES), inv_x, inv_s, inv_r, lane_0,
+            lane_1, MOE_OUTPUTS, ACT_EVICT, BF16_RNE_BY_BITS,
+        )
+    return lane_0, lane_1
+
+
 @triton.jit(do_not_specialize=["n_rows"])
 def _triple_norm_segmented_kernel(
     attn_ptr,
@@ -736,83 +802,27 @@ def _triple_norm_segmented_kernel(
     ``ROLLED``: the full chunks of each pass in a loop (the tails unrolled)."""
     wait_for_previous_grid(USE_PDL)
     base = tl.program_id(0).to(tl.int64) * hidden
-    TAILS: tl.constexpr = NUM_CHUNKS * CHUNK
-
-    lane_x = tl.zeros([1, LANES], dtype=tl.float32)
-    if ROLLED:
-        for start in tl.range(0, TAILS, CHUNK):
-            lane_x += _tile_x_squares(attn_ptr, base, _segment_cols(start, CHUNK, LANES))
-    else:
-        for c in tl.static_range(NUM_CHUNKS):
-            lane_x += _tile_x_squares(attn_ptr, base, _segment_cols(c * CHUNK, CHUNK, LANES))
-    if TAIL0 > 0:
-        lane_x += _tile_x_squares(attn_ptr, base, _segment_cols(TAILS, TAIL0, LANES))
-    if TAIL1 > 0:
-        lane_x += _tile_x_squares(attn_ptr, base, _segment_cols(TAILS + TAIL0, TAIL1, LANES))
+    lane_x, _ = _segmented_pass(
+        1, attn_ptr, res_ptr, w_post_ptr, w_pre_ff_ptr, w_router_ptr, w_pre_ff_2_ptr, r_ptr, dense_ptr, router_ptr,
+        moe_ptr, base, eps, eps, eps, CHUNK, NUM_CHUNKS, TAIL0, TAIL1, LANES, ROLLED, MOE_OUTPUTS, ACT_EVICT,
+        BF16_RNE_BY_BITS,
+    )
     inv_x = tl.rsqrt(tl.sum(lane_x, axis=1) / hidden + eps)[:, None, None]
-
-    lane_s = tl.zeros([1, LANES], dtype=tl.float32)
-    lane_r = tl.zeros([1, LANES], dtype=tl.float32)
-    if ROLLED:
-        for start in tl.range(0, TAILS, CHUNK):
-            s_sq, r_sq = _tile_s_and_r_squares(
-                attn_ptr, res_ptr, w_post_ptr, base, _segment_cols(start, CHUNK, LANES), inv_x, MOE_OUTPUTS,
-                BF16_RNE_BY_BITS,
-            )
-            lane_s += s_sq
-            lane_r += r_sq
-    else:
-        for c in tl.static_range(NUM_CHUNKS):
-            s_sq, r_sq = _tile_s_and_r_squares(
-                attn_ptr, res_ptr, w_post_ptr, base, _segment_cols(c * CHUNK, CHUNK, LANES), inv_x, MOE_OUTPUTS,
-                BF16_RNE_BY_BITS,
-            )
-            lane_s += s_sq
-            lane_r += r_sq
-    if TAIL0 > 0:
-        s_sq, r_sq = _tile_s_and_r_squares(
-            attn_ptr, res_ptr, w_post_ptr, base, _segment_cols(TAILS, TAIL0, LANES), inv_x, MOE_OUTPUTS,
-            BF16_RNE_BY_BITS,
-        )
-        lane_s += s_sq
-        lane_r += r_sq
-    if TAIL1 > 0:
-        s_sq, r_sq = _tile_s_and_r_squares(
-            attn_ptr, res_ptr, w_post_ptr, base, _segment_cols(TAILS + TAIL0, TAIL1, LANES), inv_x, MOE_OUTPUTS,
-            BF16_RNE_BY_BITS,
-        )
-        lane_s += s_sq
-        lane_r += r_sq
+    lane_s, lane_r = _segmented_pass(
+        2, attn_ptr, res_ptr, w_post_ptr, w_pre_ff_ptr, w_router_ptr, w_pre_ff_2_ptr, r_ptr, dense_ptr, router_ptr,
+        moe_ptr, base, inv_x, eps, eps, CHUNK, NUM_CHUNKS, TAIL0, TAIL1, LANES, ROLLED, MOE_OUTPUTS, ACT_EVICT,
+        BF16_RNE_BY_BITS,
+    )
+    # fused_add_rmsnorm normalizes the unrounded fp32 sum; the router's norm and
+    # pre_feedforward_layernorm_2 read the stored residual.
     sum_s, sum_r = _sums_of_s_and_r(lane_s, lane_r, 1, PAIRED_SUMS)
     inv_s = tl.rsqrt(sum_s / hidden + eps)[:, None, None]
     inv_r = tl.rsqrt(sum_r / hidden + eps)[:, None, None]
-
-    if ROLLED:
-        for start in tl.range(0, TAILS, CHUNK):
-            _tile_outputs(
-                attn_ptr, res_ptr, w_post_ptr, w_pre_ff_ptr, w_router_ptr, w_pre_ff_2_ptr, r_ptr, dense_ptr,
-                router_ptr, moe_ptr, base, _segment_cols(start, CHUNK, LANES), inv_x, inv_s, inv_r, MOE_OUTPUTS,
-                ACT_EVICT, BF16_RNE_BY_BITS,
-            )
-    else:
-        for c in tl.static_range(NUM_CHUNKS):
-            _tile_outputs(
-                attn_ptr, res_ptr, w_post_ptr, w_pre_ff_ptr, w_router_ptr, w_pre_ff_2_ptr, r_ptr, dense_ptr,
-                router_ptr, moe_ptr, base, _segment_cols(c * CHUNK, CHUNK, LANES), inv_x, inv_s, inv_r, MOE_OUTPUTS,
-                ACT_EVICT, BF16_RNE_BY_BITS,
-            )
-    if TAIL0 > 0:
-        _tile_outputs(
-            attn_ptr, res_ptr, w_post_ptr, w_pre_ff_ptr, w_router_ptr, w_pre_ff_2_ptr, r_ptr, dense_ptr,
-            router_ptr, moe_ptr, base, _segment_cols(TAILS, TAIL0, LANES), inv_x, inv_s, inv_r, MOE_OUTPUTS,
-            ACT_EVICT, BF16_RNE_BY_BITS,
-        )
-    if TAIL1 > 0:
-        _tile_outputs(
-            attn_ptr, res_ptr, w_post_ptr, w_pre_ff_ptr, w_router_ptr, w_pre_ff_2_ptr, r_ptr, dense_ptr,
-            router_ptr, moe_ptr, base, _segment_cols(TAILS + TAIL0, TAIL1, LANES), inv_x, inv_s, inv_r,
-            MOE_OUTPUTS, ACT_EVICT, BF16_RNE_BY_BITS,
-        )
+    _segmented_pass(
+        3, attn_ptr, res_ptr, w_post_ptr, w_pre_ff_ptr, w_router_ptr, w_pre_ff_2_ptr, r_ptr, dense_ptr, router_ptr,
+        moe_ptr, base, inv_x, inv_s, inv_r, CHUNK, NUM_CHUNKS, TAIL0, TAIL1, LANES, ROLLED, MOE_OUTPUTS, ACT_EVICT,
+        BF16_RNE_BY_BITS,
+    )
 
 
 class TripleNormLaunch(NamedTuple):
