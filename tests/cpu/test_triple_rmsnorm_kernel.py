@@ -131,29 +131,6 @@ LOOP_AND_SUM_VARIANTS = {
 }
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("variant", LOOP_AND_SUM_VARIANTS)
-def test_rolled_and_paired_variants_match_reference(variant, dtype):
-    hidden, launch = LOOP_AND_SUM_VARIANTS[variant]
-    _check(5, hidden, dtype, launch=launch, scale=300.0, zero_row=True, seed=hidden)
-    _check_norm_add(5, hidden, dtype, launch, in_place=True, seed=hidden)
-
-
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
-@pytest.mark.parametrize("chunk,hidden", [(256, 1000), (64, 128), (256, 128)])
-def test_rolled_chunks_are_the_unrolled_bits(chunk, hidden, dtype):
-    """Rolling the passes changes no addition's order: same bits in both modes,
-    also with ``r`` written over the residual."""
-    attn_out, residual, weights = triple_norm_inputs(3, hidden, dtype, seed=chunk)
-    unrolled = TripleNormLaunch("chunked", chunk, 1, 2)
-    rolled = unrolled._replace(rolled=True)
-    for fn, n_weights in ((post_attn_triple_rmsnorm, 4), (post_attn_norm_add, 2)):
-        expected = fn(attn_out, residual, *weights[:n_weights], EPS, launch=unrolled)
-        residual_out = residual.clone()
-        actual = fn(attn_out, residual_out, *weights[:n_weights], EPS, residual_out=residual_out, launch=rolled)
-        assert all(torch.equal(a, e) for a, e in zip(actual, expected))
-
-
 # The segmented kernel (whole chunks, then up to two power-of-two tails, no
 # masked lane): one and two tails, a row shorter than one chunk (tails only),
 # lanes fewer than the threads (352 in 2 warps: a 32-column tail), rolled and
@@ -166,24 +143,33 @@ SEGMENTED = {
 }
 
 
+VARIANTS = {**LOOP_AND_SUM_VARIANTS, **{"segmented_" + name: v for name, v in SEGMENTED.items()}}
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("variant", SEGMENTED)
-def test_segmented_rows_match_reference(variant, dtype):
-    hidden, launch = SEGMENTED[variant]
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_rolled_paired_and_segmented_variants_match_reference(variant, dtype):
+    hidden, launch = VARIANTS[variant]
     _check(5, hidden, dtype, launch=launch, scale=300.0, zero_row=True, seed=hidden)
     _check_norm_add(5, hidden, dtype, launch, in_place=True, seed=hidden)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
-def test_segmented_rolled_is_the_unrolled_bits(dtype):
-    attn_out, residual, weights = triple_norm_inputs(3, 1344, dtype, seed=5)
-    unrolled = TripleNormLaunch("segmented", 256, 1, 2, paired_sums=True)
-    expected = post_attn_triple_rmsnorm(attn_out, residual, *weights, EPS, launch=unrolled)
-    residual_out = residual.clone()
-    actual = post_attn_triple_rmsnorm(
-        attn_out, residual_out, *weights, EPS, residual_out=residual_out, launch=unrolled._replace(rolled=True)
-    )
-    assert all(torch.equal(a, e) for a, e in zip(actual, expected))
+@pytest.mark.parametrize(
+    "kernel,chunk,hidden",
+    [("chunked", 256, 1000), ("chunked", 64, 128), ("chunked", 256, 128), ("segmented", 256, 1344)],
+)
+def test_rolled_chunks_are_the_unrolled_bits(kernel, chunk, hidden, dtype):
+    """Rolling the passes changes no addition's order: same bits in both modes,
+    also with ``r`` written over the residual."""
+    attn_out, residual, weights = triple_norm_inputs(3, hidden, dtype, seed=chunk)
+    unrolled = TripleNormLaunch(kernel, chunk, 1, 2)
+    rolled = unrolled._replace(rolled=True)
+    for fn, n_weights in ((post_attn_triple_rmsnorm, 4), (post_attn_norm_add, 2)):
+        expected = fn(attn_out, residual, *weights[:n_weights], EPS, launch=unrolled)
+        residual_out = residual.clone()
+        actual = fn(attn_out, residual_out, *weights[:n_weights], EPS, residual_out=residual_out, launch=rolled)
+        assert all(torch.equal(a, e) for a, e in zip(actual, expected))
 
 
 @pytest.mark.parametrize(

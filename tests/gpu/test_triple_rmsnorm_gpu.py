@@ -75,7 +75,9 @@ def variants(hidden: int) -> dict[str, TripleNormLaunch]:
         "row_padded_w8_paired": TripleNormLaunch("row", padded, 1, 8, paired_sums=True),
         "persistent_exact_2x": TripleNormLaunch("persistent", hidden, 1, 8, programs_per_sm=2),
         "persistent_padded_hints": TripleNormLaunch("persistent", padded, 1, 16, stream_hints=True, programs_per_sm=1),
-        "segmented_2048_w8_hints_paired": TripleNormLaunch("segmented", 2048, 1, 8, stream_hints=True, paired_sums=True),
+        "segmented_2048_w8_hints_paired": TripleNormLaunch(
+            "segmented", 2048, 1, 8, stream_hints=True, paired_sums=True
+        ),
         "segmented_1024_w4_rolled": TripleNormLaunch("segmented", 1024, 1, 4, rolled=True),
         "segmented_1024_w4_paired": TripleNormLaunch("segmented", 1024, 1, 4, paired_sums=True),
     }

@@ -644,7 +644,9 @@ def _tile_x_squares(attn_ptr, base, cols):
 
 
 @triton.jit
-def _tile_residual(attn_ptr, res_ptr, w_post_ptr, base, cols, inv_x, EVICT: tl.constexpr, BF16_RNE_BY_BITS: tl.constexpr):
+def _tile_residual(
+    attn_ptr, res_ptr, w_post_ptr, base, cols, inv_x, EVICT: tl.constexpr, BF16_RNE_BY_BITS: tl.constexpr
+):
     """``(s, r)`` of one tile (see :func:`_residual_sum`).
 
     The activations' pointers are ``ptr + (base + cols)``, pass 1's ``ptr + base
