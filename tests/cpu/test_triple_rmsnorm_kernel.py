@@ -13,6 +13,7 @@ import pytest
 import torch
 import triton
 
+from sglang_gemma4.kernels.row_segments import exact_chunks
 from sglang_gemma4.kernels.support import MAX_FUSED_ROW
 from sglang_gemma4.kernels.triple_rmsnorm import (
     _LAUNCH_TABLE,
@@ -249,6 +250,15 @@ def test_row_segments_and_lanes():
     assert row_lanes((2048, 512, 256), 8) == 256
     assert row_lanes((2048, 512, 256), 2) == 64
     assert row_lanes((4096, 0, 0), 16) == 512
+    # The segmented kernel's tiles: (whole chunks, tail0, tail1, lanes).
+    assert exact_chunks(5376, 2048, 256) == (2, 1024, 256, 256)
+    assert exact_chunks(5376, 1024, 128) == (5, 256, 0, 128)
+    assert exact_chunks(2816, 1024, 128) == (2, 512, 256, 128)
+    assert exact_chunks(2816, 1024, 512) == (2, 512, 256, 256)  # lanes: at most the smallest tile
+    assert exact_chunks(1536, 2048, 256) == (0, 1024, 512, 256)  # no whole chunk: tails only
+    assert exact_chunks(4096, 1024, 96) == (4, 0, 0, 64)  # threads rounded down to a power of two
+    assert exact_chunks(1000, 256, 64) is None  # 232 = 128 + 64 + 32 + 8
+    assert exact_chunks(1024, 384, 64) is None  # no power-of-two chunk
 
 
 @pytest.mark.parametrize("launch", ["default", "chunked_256"])
