@@ -78,4 +78,6 @@ def exact_chunks(hidden: int, chunk: int, threads: int) -> tuple[int, int, int, 
         return None
     tiles = ((chunk,) if full else ()) + tails
     tail0, tail1 = tails + (0,) * (2 - len(tails))
-    return full, tail0, tail1, min(min(tiles), 1 << (max(threads, 1).bit_length() - 1))
+    # The chunk as the cap on columns per lane: the lanes are the threads (a
+    # power of two, at most the smallest tile), never widened as the row kernels'.
+    return full, tail0, tail1, lanes_per_row(tiles, threads, chunk)
