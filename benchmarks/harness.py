@@ -19,6 +19,7 @@ import multiprocessing
 import os
 import random
 import statistics
+import subprocess
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -275,11 +276,30 @@ def impls_by_size(rows: list[dict], *keys: str) -> list[tuple[tuple, dict[str, d
     return sorted(groups.items())
 
 
+def gpu_identity() -> dict:
+    """Which physical GPU ran this, and its clocks and power limit now (from
+    nvidia-smi; empty where there is none). Two device loans of one day timed
+    the same code's triple norm at 2816 x 4096 at 38.4 and 36.0 us, while
+    torch.compile's kernel took 40.7 in both (2026-11-30): every result names
+    its GPU, so that such a spread can be traced to the machine."""
+    fields = ("uuid", "clocks.sm", "clocks.max.sm", "clocks.mem", "power.limit", "temperature.gpu")
+    try:
+        line = subprocess.run(
+            ["nvidia-smi", f"--query-gpu={','.join(fields)}", "--format=csv,noheader", f"--id={torch.cuda.current_device()}"],
+            capture_output=True, text=True, timeout=10, check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    values = [v.strip() for v in line.split(",")]
+    return {"gpu": dict(zip(fields, values))} if len(values) == len(fields) else {}
+
+
 def environment() -> dict:
     import triton
 
     return {
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+        **(gpu_identity() if torch.cuda.is_available() else {}),
         "torch": torch.__version__.split("+")[0],
         "triton": triton.__version__,
         "python": sys.version.split()[0],

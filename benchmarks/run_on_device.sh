@@ -11,7 +11,7 @@ export OUT=$work
 tests=()
 while [ $# -gt 0 ] && [ "$1" != "--" ]; do tests+=("$1"); shift; done
 [ $# -gt 0 ] && shift
-nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv > "$work/gpu.txt" 2>&1
+nvidia-smi --query-gpu=name,uuid,driver_version,clocks.sm,clocks.max.sm,clocks.mem,power.limit --format=csv > "$work/gpu.txt" 2>&1
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$work/gpu.txt"
 # Test files run side by side, one pytest process each (correctness only; the
 # benchmarks below run alone). TEST_TIMEOUT / BENCH_TIMEOUT bound each step so

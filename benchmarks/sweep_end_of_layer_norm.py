@@ -104,6 +104,7 @@ def describe(launch: eol.EndOfLayerLaunch) -> str:
     per_sm = f":{launch.programs_per_sm}/sm" if launch.kernel == "persistent" else ""
     per_sm += f":{launch.act_cache}" if launch.act_cache else ""
     per_sm += ":hints" if launch.stream_hints else ""
+    per_sm += f":pf{launch.prefetch}" if launch.prefetch else ""
     return f"{launch.kernel}:{launch.block_h}:r{launch.rows_per_program}:w{launch.num_warps}:u{launch.unroll}{per_sm}"
 
 

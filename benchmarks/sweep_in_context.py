@@ -64,13 +64,15 @@ def eol_candidates(hidden: int) -> list[eol.EndOfLayerLaunch]:
     and the chunked kernel (among its shapes Inductor's choice for the dense
     pattern at 384-1024 rows: 2048 columns in 16 warps), with and without
     eviction hints (Inductor hints its loads: evict_last where a later pass
-    reads again, evict_first for the last read)."""
+    reads again, evict_first for the last read), its residual row prefetched
+    into L1 or L2 or not."""
     padded = triton.next_power_of_2(hidden)
     chunked = [
-        eol.EndOfLayerLaunch(c, 1, w, "chunked", u, stream_hints=hints)
+        eol.EndOfLayerLaunch(c, 1, w, "chunked", u, stream_hints=hints, prefetch=prefetch)
         for c, w, u in ((2048, 16, 0), (2048, 16, 1), (2048, 8, 0), (2048, 8, 1), (2048, 4, 0), (1024, 8, 1),
                         (1024, 4, 0), (1024, 4, 1))
         for hints in (False, True)
+        for prefetch in ("", "L1", "L2")
         if c // 2 < hidden
     ]
     return [eol.EndOfLayerLaunch(padded, 1, 16), eol.EndOfLayerLaunch(hidden, 1, 8, "persistent", programs_per_sm=2)] + chunked
@@ -81,7 +83,8 @@ def triple_candidates(hidden: int) -> list[tr.TripleNormLaunch]:
     choices for the 5376 pattern: 2048 x 16 warps at 384 rows, 1024 x 8 at
     768, as loops); the last reads hinted evict_first (they win in context
     from 257 rows), sums paired or not; and the segmented kernel's whole chunks
-    and exact tails (no masked lane), hinted or not."""
+    and exact tails (no masked lane), hinted or not, the residual row
+    prefetched into L1 or L2 or not."""
     rows = [
         tr.TripleNormLaunch("row", block, 1, 8, stream_hints=True, paired_sums=True)
         for block in (hidden, triton.next_power_of_2(hidden))
@@ -94,10 +97,12 @@ def triple_candidates(hidden: int) -> list[tr.TripleNormLaunch]:
         if chunk // 2 < hidden
     ]
     segmented = [
-        tr.TripleNormLaunch("segmented", chunk, 1, warps, stream_hints=hints, rolled=rolled, paired_sums=True)
+        tr.TripleNormLaunch("segmented", chunk, 1, warps, stream_hints=hints, rolled=rolled, paired_sums=True,
+                            prefetch=prefetch)
         for chunk, warps, rolled in ((2048, 8, False), (2048, 8, True), (1024, 8, False), (1024, 8, True),
                                      (1024, 4, False), (1024, 4, True), (512, 4, True))
         for hints in (False, True)
+        for prefetch in ("", "L1", "L2")
         if chunk < hidden
     ]
     return rows + chunks + segmented

@@ -149,6 +149,7 @@ def describe(launch: tr.TripleNormLaunch) -> str:
     else:
         kind = f"{'seg' if launch.kernel == 'segmented' else 'chunk'}:{launch.block}{':rolled' if launch.rolled else ''}"
     flags = (":hints" if launch.stream_hints else "") + (":paired" if launch.paired_sums else "")
+    flags += f":pf{launch.prefetch}" if launch.prefetch else ""
     return f"{kind}:r{launch.rows_per_program}:w{launch.num_warps}{flags}"
 
 

@@ -125,7 +125,7 @@ KERNELS = [
     (
         tri._triple_norm_segmented_kernel,
         dict(CHUNK=1024, NUM_CHUNKS=2, TAIL0=512, TAIL1=256, LANES=128, ROLLED=False, MOE_OUTPUTS=True,
-             ACT_EVICT="evict_first", PAIRED_SUMS=True),
+             ACT_EVICT="evict_first", PAIRED_SUMS=True, PREFETCH_RES="L2"),
         4,
     ),
     (
@@ -136,14 +136,16 @@ KERNELS = [
     (eol._end_of_layer_norm_kernel, dict(MODE=1, ROWS=1, BLOCK_H=4096), 16),
     (
         eol._end_of_layer_norm_chunked_kernel,
-        dict(MODE=1, CHUNK=1024, NUM_CHUNKS=3, UNROLL=1, REREAD_EVICT="evict_last", LAST_EVICT="evict_first"),
+        dict(MODE=1, CHUNK=1024, NUM_CHUNKS=3, UNROLL=1, REREAD_EVICT="evict_last", LAST_EVICT="evict_first",
+             PREFETCH_RES="L1", PREFETCH_LANES=64),
         4,
     ),
     (eol._end_of_layer_norm_persistent_kernel, dict(MODE=1, SEG0=2048, SEG1=512, SEG2=256, LANES=256, ACT_CACHE=".cg"), 8),
     (qnr._qkv_norm_rope_kernel, dict(NUM_Q_HEADS=8, NUM_KV_HEADS=2, HEAD_DIM=256, HALF=128), 1),
 ]
 POINTER_TYPES = {"pos_ptr": "*i64", "cache_ptr": "*fp32"}
-GLOBAL_MEMORY = re.compile(r"\b(LDG|STG|LD|ST|ATOMG|ATOM|RED)\.")
+# CCTL: a cache prefetch (kernels/prefetch.py), which must not fetch lines the previous grid still writes.
+GLOBAL_MEMORY = re.compile(r"\b(LDG|STG|LD|ST|ATOMG|ATOM|RED|CCTL)\.")
 
 
 def _nvdisasm() -> str | None:

@@ -123,12 +123,12 @@ def test_launch_config():
     assert eol.launch_config(2816, 384) == L(1024, 1, 4, "chunked", stream_hints=True)
     assert eol.launch_config(2816, 1023) == L(1024, 1, 4, "chunked")
     assert eol.launch_config(2816, 4095) == L(2816, 1, 8, "persistent", programs_per_sm=2)
-    assert eol.launch_config(2816, 16384) == L(2816, 1, 8, "persistent", programs_per_sm=2, act_cache=".cg")
+    assert eol.launch_config(2816, 16384) == L(1024, 1, 4, "chunked", prefetch="L2")
     assert eol.launch_config(5376, 192) == L(8192, 1, 16, "row")
     assert eol.launch_config(5376, 512) == L(2048, 1, 8, "chunked", stream_hints=True)
     assert eol.launch_config(5376, 1024) == L(2048, 1, 4, "chunked", stream_hints=True)
     assert eol.launch_config(5376, 2048) == L(2048, 1, 4, "chunked")
-    assert eol.launch_config(5376, 16384) == L(1024, 1, 8, "chunked", unroll=1)
+    assert eol.launch_config(5376, 16384) == L(2048, 1, 4, "chunked", stream_hints=True)
     assert eol.launch_config(1536, 4096).kernel == "row"
     # Other widths: the default rule; rows narrower than half a chunk stay whole.
     ((min_rows, default),) = eol.PREFILL_DEFAULT
@@ -266,6 +266,8 @@ def test_bad_launches_raise():
         "act_cache must be": eol.EndOfLayerLaunch(128, 1, 4, "persistent", programs_per_sm=1, act_cache=".cs"),
         "except for the persistent kernel": _chunked(32)._replace(act_cache=".cg"),
         "stream_hints is an option of the chunked kernel": eol.EndOfLayerLaunch(128, 1, 4, "row", stream_hints=True),
+        "only for the chunked kernel": eol.EndOfLayerLaunch(128, 1, 4, "row", prefetch="L2"),
+        "prefetch is one of": _chunked(32)._replace(prefetch="L3"),
     }
     for message, launch in bad.items():
         with pytest.raises(ValueError, match=message):

@@ -290,8 +290,8 @@ def test_launch_config_by_width_and_batch():
     assert launch_config(5376, 1024) == TripleNormLaunch("segmented", 2048, 1, 8, paired_sums=True)
     assert launch_config(5376, 1025) == TripleNormLaunch("chunked", 2048, 1, 8, stream_hints=True, paired_sums=True)
     assert launch_config(5376, 4095) == TripleNormLaunch("chunked", 2048, 1, 8, stream_hints=True, paired_sums=True)
-    assert launch_config(5376, 4096) == TripleNormLaunch("segmented", 2048, 1, 8, paired_sums=True)
-    assert launch_config(5376, 16384) == TripleNormLaunch("segmented", 2048, 1, 8, paired_sums=True)
+    assert launch_config(5376, 4096) == TripleNormLaunch("segmented", 2048, 1, 8, paired_sums=True, prefetch="L1")
+    assert launch_config(5376, 16384) == TripleNormLaunch("segmented", 2048, 1, 8, paired_sums=True, prefetch="L1")
     assert launch_config(5376, 4095, moe_outputs=False) == TripleNormLaunch("row", 8192, 1, 16)
     assert launch_config(5376, 4096, moe_outputs=False) == TripleNormLaunch(
         "persistent", 5376, 1, 8, programs_per_sm=4
@@ -363,6 +363,8 @@ def test_unsupported_inputs_raise_and_empty_batch_returns_empty():
         TripleNormLaunch("chunked", 64, 2, 4),
         TripleNormLaunch("looped", 64, 1, 4),
         TripleNormLaunch("row", 128, 1, 4, rolled=True),  # no loop to roll
+        TripleNormLaunch("row", 128, 1, 4, prefetch="L2"),  # the segmented kernel's option
+        TripleNormLaunch("segmented", 64, 1, 2, prefetch="L3"),
     ):
         with pytest.raises(ValueError):
             post_attn_triple_rmsnorm(attn_out, residual, *weights, EPS, launch=bad)

@@ -85,15 +85,20 @@ def test_launch_table_matches_reference(kind, hidden, tokens):
 
 REAL_WIDTHS = [("ple", 1536), ("ple", 2560), ("moe", 2816), ("dense", 5376)]
 # The chunked kernel's launches the sweep times (benchmarks/sweep_end_of_layer_norm.py):
-# (chunk columns, warps, unroll of passes 2-4, eviction hints).
+# (chunk columns, warps, unroll of passes 2-4, eviction hints), and with the residual prefetched.
 CHUNKED = [eol.EndOfLayerLaunch(chunk, 1, warps, "chunked", unroll, stream_hints=hints) for chunk, warps, unroll, hints in (
     (1024, 4, 0, False), (1024, 8, 0, False), (2048, 8, 0, False), (1024, 4, 1, False), (1024, 4, 2, False),
     (1024, 8, 1, False), (2048, 8, 1, False), (512, 4, 0, False), (512, 4, 1, False), (2048, 4, 0, False),
-    (2048, 16, 0, False), (1024, 4, 0, True), (2048, 8, 0, True), (2048, 4, 0, True), (1024, 8, 1, True))]
+    (2048, 16, 0, False), (1024, 4, 0, True), (2048, 8, 0, True), (2048, 4, 0, True), (1024, 8, 1, True))] + [
+    eol.EndOfLayerLaunch(1024, 1, 4, "chunked", prefetch="L2"),
+    eol.EndOfLayerLaunch(1024, 1, 4, "chunked", 1, prefetch="L2"),
+    eol.EndOfLayerLaunch(2048, 1, 4, "chunked", 0, stream_hints=True, prefetch="L1"),
+]
 
 
 def _launch_id(launch: eol.EndOfLayerLaunch) -> str:
-    return f"c{launch.block_h}w{launch.num_warps}u{launch.unroll}{'h' if launch.stream_hints else ''}"
+    return (f"c{launch.block_h}w{launch.num_warps}u{launch.unroll}{'h' if launch.stream_hints else ''}"
+            f"{'p' + launch.prefetch if launch.prefetch else ''}")
 
 
 KIND_OF_WIDTH = {1536: "ple", 2560: "ple", 2816: "moe", 5376: "dense"}

@@ -56,7 +56,8 @@ def variants(hidden: int) -> dict[str, TripleNormLaunch]:
     chunk loops rolled (Inductor's 1024 x 8 warps and 2048 x 16) and unrolled,
     the sums of s and r paired in one reduction; the segmented kernel's whole
     chunks and exact tails (2816 = 2048 + 512 + 256 or 2 x 1024 + 512 + 256,
-    5376 = 2 x 2048 + 1024 + 256 or 5 x 1024 + 256)."""
+    5376 = 2 x 2048 + 1024 + 256 or 5 x 1024 + 256), its residual prefetched
+    into L1 or L2 or not."""
     padded = triton.next_power_of_2(hidden)
     return {
         "row_padded": TripleNormLaunch("row", padded, 1, 16),
@@ -80,6 +81,8 @@ def variants(hidden: int) -> dict[str, TripleNormLaunch]:
         ),
         "segmented_1024_w4_rolled": TripleNormLaunch("segmented", 1024, 1, 4, rolled=True),
         "segmented_1024_w4_paired": TripleNormLaunch("segmented", 1024, 1, 4, paired_sums=True),
+        "segmented_1024_w4_prefetch_l2": TripleNormLaunch("segmented", 1024, 1, 4, paired_sums=True, prefetch="L2"),
+        "segmented_2048_w8_prefetch_l1": TripleNormLaunch("segmented", 2048, 1, 8, stream_hints=True, prefetch="L1"),
     }
 
 
@@ -122,6 +125,8 @@ SAME_BITS = [
     ("row_exact_paired", TripleNormLaunch("row", 0, 1, 8)),
     ("row_padded_w8_paired", TripleNormLaunch("row", 0, 1, 8)),
     ("segmented_1024_w4_rolled", TripleNormLaunch("segmented", 1024, 1, 4)),
+    ("segmented_1024_w4_prefetch_l2", TripleNormLaunch("segmented", 1024, 1, 4, paired_sums=True)),
+    ("segmented_2048_w8_prefetch_l1", TripleNormLaunch("segmented", 2048, 1, 8, stream_hints=True)),
 ]
 
 
@@ -129,7 +134,8 @@ SAME_BITS = [
 @pytest.mark.parametrize("hidden", HIDDENS)
 def test_rolled_loops_and_paired_sums_keep_the_bits(hidden, variant, plain):
     """Rolling adds the chunks in the same order; a paired reduction combines
-    each operand as its own tl.sum would (same tree): bf16 outputs bit for bit."""
+    each operand as its own tl.sum would (same tree); a prefetch computes
+    nothing: bf16 outputs bit for bit."""
     launch = variants(hidden)[variant]
     if plain.kernel == "row":
         plain = plain._replace(block=launch.block)

@@ -71,6 +71,7 @@ import triton
 import triton.language as tl
 
 from sglang_gemma4.kernels.dependent_launch import launch_kwargs, wait_for_previous_grid
+from sglang_gemma4.kernels.prefetch import PREFETCH_LEVELS, prefetch_lanes, prefetch_lines
 from sglang_gemma4.kernels.reductions import paired_sums
 from sglang_gemma4.kernels.rounding import round_to
 from sglang_gemma4.kernels.row_segments import lanes_per_row, launch_segments
@@ -268,6 +269,8 @@ def _end_of_layer_norm_chunked_kernel(
     BF16_RNE_BY_BITS: tl.constexpr,
     REREAD_EVICT: tl.constexpr,
     LAST_EVICT: tl.constexpr,
+    PREFETCH_RES: tl.constexpr = "",
+    PREFETCH_LANES: tl.constexpr = 1,
     USE_PDL: tl.constexpr = False,
 ):
     """One row per program (``n_rows`` programs), ``CHUNK`` columns at a time.
@@ -291,12 +294,15 @@ def _end_of_layer_norm_chunked_kernel(
 
     Eviction hints of the activations' reads: ``REREAD_EVICT`` where a later
     pass reads them again (passes 1 and 2), ``LAST_EVICT`` for their last
-    reads (pass 3, and ``h`` in pass 4); "" for none."""
+    reads (pass 3, and ``h`` in pass 4); "" for none. ``PREFETCH_RES`` ("L1",
+    "L2"; "": none): the row's residual, first read in pass 3, prefetched into
+    that cache level before pass 1 by ``PREFETCH_LANES`` lanes."""
     wait_for_previous_grid(USE_PDL)
     row = tl.program_id(0).to(tl.int64)
     x_row = x_ptr + row * x_stride
     x2_row = x2_ptr + row * x2_stride
     res_row = res_ptr + row * res_stride
+    prefetch_lines(res_row, hidden, NUM_CHUNKS * CHUNK, PREFETCH_LANES, PREFETCH_RES)
     out_row = out_ptr + row * hidden
     next_row = next_ptr + row * hidden
     lanes = tl.arange(0, CHUNK)
@@ -599,7 +605,9 @@ class EndOfLayerLaunch(NamedTuple):
     (chunked only): the activations' reads hinted ``evict_last`` where a later
     pass reads them again and ``evict_first`` where they are read for the
     last time (so that a row's re-reads find it in L2 while other rows stream
-    through)."""
+    through). ``prefetch`` (chunked only; "L1" or "L2", "": none): the residual
+    row prefetched into that cache level before the first pass (the third
+    reads it first); not under Triton's interpreter."""
 
     block_h: int
     rows_per_program: int
@@ -609,6 +617,7 @@ class EndOfLayerLaunch(NamedTuple):
     programs_per_sm: int = 0
     act_cache: str = ""
     stream_hints: bool = False
+    prefetch: str = ""
 
 
 # Row kernel, measured on the H200 (torch 2.11, triton 3.6, bf16;
@@ -680,19 +689,32 @@ class EndOfLayerLaunch(NamedTuple):
 # 2048 25.07 vs 25.26; MoE 16384 127.66 vs 128.90), lost at 192-512 rows (dense 384 6.13 vs
 # 5.65) and at 1024-8192 for the MoE (4096 39.38 vs 35.40), so it was not kept (its code:
 # commit c555f57).
+#
+# Session 10 (2026-11-30, same versions; sweep_in_context.py, results/
+# sweep_in_context_eol_prefetch.json, copy 4.22 TB/s; the GPU drew its 700 W limit at the
+# large sizes and its SM clock moved between 1365 and 1980 MHz, reaching every candidate
+# alike through the interleaved turns): the chunked kernel with the residual row prefetched
+# before pass 1 (``prefetch``; pass 3 is its first read, two row reductions in). us in
+# context, chosen vs the table then vs torch.compile: MoE 2816, 1024 x 4 unrolled, prefetch
+# into L2: 4096 34.66 vs 35.41 (persistent) vs 45.55, 8192 63.92 vs 66.74 vs 84.64, 16384
+# 124.87 (L1: 123.06) vs 132.33 vs 166.91; at 2048 rows the persistent kernel stays (19.79
+# vs 20.40; without the prefetch that chunked launch took 22.04). Dense 5376: no gain from
+# the prefetch (4096 rows, 2048 x 4 unrolled: 48.59 vs 46.91 without), but 2048 x 4 unrolled
+# with eviction hints beat the rolled 1024 x 8 from 4096 rows: 46.72 vs 47.79, 88.92 vs
+# 93.16, 172.06 vs 180.34 (compile 50.12, 96.47, 189.25).
 PREFILL_TABLE: dict[int, tuple[tuple[int, EndOfLayerLaunch], ...]] = {
     2816: (
         (257, EndOfLayerLaunch(1024, 1, 4, "chunked", stream_hints=True)),
         (529, EndOfLayerLaunch(1024, 1, 4, "chunked")),
         (1024, EndOfLayerLaunch(2816, 1, 8, "persistent", programs_per_sm=2)),
-        (4096, EndOfLayerLaunch(2816, 1, 8, "persistent", programs_per_sm=2, act_cache=".cg")),
+        (4096, EndOfLayerLaunch(1024, 1, 4, "chunked", prefetch="L2")),
     ),
     5376: (
         (129, EndOfLayerLaunch(8192, 1, 16)),
         (264, EndOfLayerLaunch(2048, 1, 8, "chunked", stream_hints=True)),
         (529, EndOfLayerLaunch(2048, 1, 4, "chunked", stream_hints=True)),
         (1057, EndOfLayerLaunch(2048, 1, 4, "chunked")),
-        (4096, EndOfLayerLaunch(1024, 1, 8, "chunked", unroll=1)),
+        (4096, EndOfLayerLaunch(2048, 1, 4, "chunked", stream_hints=True)),
     ),
     2560: (
         (512, EndOfLayerLaunch(1024, 1, 8, "chunked", unroll=1)),
@@ -885,6 +907,8 @@ def _launch(
         raise ValueError(f"act_cache must be '' or '.cg', and '' except for the persistent kernel: {launch}")
     if launch.stream_hints and launch.kernel != "chunked":
         raise ValueError(f"stream_hints is an option of the chunked kernel only: {launch}")
+    if launch.prefetch not in PREFETCH_LEVELS or (launch.prefetch and launch.kernel != "chunked"):
+        raise ValueError(f"prefetch is one of {PREFETCH_LEVELS}, and only for the chunked kernel: {launch}")
     if launch.kernel == "row":
         rows = launch.rows_per_program
         if rows < 1 or rows & (rows - 1):
@@ -915,6 +939,8 @@ def _launch(
             UNROLL=launch.unroll, BF16_RNE_BY_BITS=bf16_by_bits,
             REREAD_EVICT="evict_last" if launch.stream_hints else "",
             LAST_EVICT="evict_first" if launch.stream_hints else "",
+            **({} if triton_interpreting() or not launch.prefetch else dict(
+                PREFETCH_RES=launch.prefetch, PREFETCH_LANES=prefetch_lanes(hidden, residual.element_size()))),
             num_warps=launch.num_warps, **pdl,
         )
     else:

@@ -76,6 +76,7 @@ import triton
 import triton.language as tl
 
 from sglang_gemma4.kernels.dependent_launch import launch_kwargs, wait_for_previous_grid
+from sglang_gemma4.kernels.prefetch import PREFETCH_LEVELS, prefetch_lines
 from sglang_gemma4.kernels.reductions import paired_sums
 from sglang_gemma4.kernels.rounding import round_to
 from sglang_gemma4.kernels.row_segments import block_segments, exact_chunks, launch_segments
@@ -791,6 +792,7 @@ def _triple_norm_segmented_kernel(
     ACT_EVICT: tl.constexpr,
     BF16_RNE_BY_BITS: tl.constexpr,
     PAIRED_SUMS: tl.constexpr,
+    PREFETCH_RES: tl.constexpr = "",
     USE_PDL: tl.constexpr = False,
 ):
     """The chunked kernel's three passes over a row held exactly: ``NUM_CHUNKS``
@@ -801,9 +803,13 @@ def _triple_norm_segmented_kernel(
     2048 lanes idles 37.5% of them). Every tile is split over the same
     ``LANES`` lanes, so the tiles' per-lane sums add in registers and each pass
     reduces across threads once, as in :func:`_triple_norm_row_kernel`.
-    ``ROLLED``: the full chunks of each pass in a loop (the tails unrolled)."""
+    ``ROLLED``: the full chunks of each pass in a loop (the tails unrolled).
+    ``PREFETCH_RES`` ("L1", "L2"; "": none): the row's residual, first read in
+    pass 2, prefetched into that cache level before pass 1."""
     wait_for_previous_grid(USE_PDL)
     base = tl.program_id(0).to(tl.int64) * hidden
+    HIDDEN: tl.constexpr = NUM_CHUNKS * CHUNK + TAIL0 + TAIL1
+    prefetch_lines(res_ptr + base, HIDDEN, HIDDEN, LANES, PREFETCH_RES)
     lane_x, _ = _segmented_pass(
         1, attn_ptr, res_ptr, w_post_ptr, w_pre_ff_ptr, w_router_ptr, w_pre_ff_2_ptr, r_ptr, dense_ptr, router_ptr,
         moe_ptr, base, eps, eps, eps, CHUNK, NUM_CHUNKS, TAIL0, TAIL1, LANES, ROLLED, MOE_OUTPUTS, ACT_EVICT,
@@ -847,6 +853,9 @@ class TripleNormLaunch(NamedTuple):
     prefetching its next row. "segmented": the chunked passes over
     ``hidden // block`` whole chunks and the remainder as at most two
     power-of-two tails (no masked lane; ``rolled`` loops the whole chunks).
+    ``prefetch`` (segmented only; "L1" or "L2", "": none): the residual row
+    prefetched into that cache level before the first pass (pass 2 reads it
+    first); not under Triton's interpreter.
     """
 
     kernel: str
@@ -857,6 +866,7 @@ class TripleNormLaunch(NamedTuple):
     rolled: bool = False
     paired_sums: bool = False
     programs_per_sm: int = 0
+    prefetch: str = ""
 
 
 def row_segments(hidden: int) -> tuple[int, int, int] | None:
@@ -1017,6 +1027,17 @@ def row_lanes(segments: tuple[int, int, int], num_warps: int) -> int:
 # 15.48 vs 16.60 (compile 16.9); at 384/512/1024 it lost (9.65/11.36/20.20 vs 8.58/10.38/19.68;
 # results/sweep_in_context_segmented_triple_5376_768.json). The edges at 528 (one wave of
 # 2048 x 8) and 896 rows are interpolated, not measured.
+# Session 10 (2026-11-30, same versions; sweep_in_context.py, results/
+# sweep_in_context_prefetch.json, copy 4.22 TB/s): the segmented kernel with the residual
+# row prefetched before pass 1 (``prefetch``: pass 2 is its first read, so without it the
+# row waits on a second DRAM trip after its first reduction). us in context, prefetch
+# into L1 / L2 / none: 5376 in 2048 x 8 at 4096 rows 68.53 / 68.94 / 70.23, 8192 134.16 /
+# 133.51 / 138.71, 16384 261.11 / 261.93 / 274.06 (the table takes L1 from 4096 rows);
+# level at 1024 (19.71 / 19.77 / 19.80) and 2048 (35.78 / 35.59 / 35.95, the chunked
+# table 35.55). 2816 in 1024 x 4 hinted: 4096 36.61 / 36.75 / 35.80, 8192 70.70 / 70.77 /
+# 70.47, 16384 139.47 / 139.49 / 140.99: within 1-2% either way, unchanged. (The same
+# code's 2816 x 4096 took 38.4 us on another H200 lent that day, and torch.compile 40.7
+# on both: harness.gpu_identity.)
 # (outputs, hidden) -> (max n_rows, launch) buckets, the first that holds n_rows wins.
 _ALL_ROWS = 1 << 62
 _LAUNCH_TABLE: dict[tuple[int, int], tuple[tuple[int, TripleNormLaunch], ...]] = {
@@ -1033,7 +1054,7 @@ _LAUNCH_TABLE: dict[tuple[int, int], tuple[tuple[int, TripleNormLaunch], ...]] =
         (896, TripleNormLaunch("segmented", 1024, 1, 4, paired_sums=True)),
         (1024, TripleNormLaunch("segmented", 2048, 1, 8, paired_sums=True)),
         (4095, TripleNormLaunch("chunked", 2048, 1, 8, stream_hints=True, paired_sums=True)),
-        (_ALL_ROWS, TripleNormLaunch("segmented", 2048, 1, 8, paired_sums=True)),
+        (_ALL_ROWS, TripleNormLaunch("segmented", 2048, 1, 8, paired_sums=True, prefetch="L1")),
     ),
     (2, 1536): ((_ALL_ROWS, TripleNormLaunch("row", 1536, 1, 4)),),
     (2, 2560): (
@@ -1168,6 +1189,8 @@ def _launch(
     }
     if launch.rows_per_program < 1 or launch.rows_per_program & (launch.rows_per_program - 1):
         raise ValueError(f"rows_per_program must be a power of two: {launch}")
+    if launch.prefetch not in PREFETCH_LEVELS or (launch.prefetch and launch.kernel != "segmented"):
+        raise ValueError(f"prefetch is one of {PREFETCH_LEVELS}, and only for the segmented kernel: {launch}")
     if launch.kernel in ("row", "persistent"):
         if launch.rolled:
             raise ValueError(f"the row kernel has no loop to roll: {launch}")
@@ -1225,6 +1248,7 @@ def _launch(
             TAIL1=tail1,
             LANES=lanes,
             ROLLED=launch.rolled,
+            PREFETCH_RES="" if triton_interpreting() else launch.prefetch,
             num_warps=launch.num_warps,
             **({"num_stages": 1} if launch.rolled else {}),
             **constants,
