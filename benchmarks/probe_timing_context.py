@@ -6,10 +6,16 @@ The in-context sweep (sweep_in_context.py) and the benchmark
 disagreed by up to ~7% on it (2816 x 4096: 35.96 us in a sweep, 38.36 in the
 benchmark; session 9). The two differ only in the implementations interleaved
 with it. Here the table's launch is timed in several such companies, each with
-a device-to-device copy of the same bytes as one more entry (the copy
-bandwidth in that context, at that size), so that the % of copy can be read
-against the copy's own rate in the same conditions as well as against the
-2 GiB copy measured at start.
+a device-to-device copy of the same bytes as one more entry: a control whose
+time should not move with the company. (Captured in a graph, torch's copy
+ran at ~2.7 TB/s on the H200, against ~4.2 for the 2 GiB copy timed with
+events at start, so it is no bandwidth yardstick.)
+
+Result (H200, 2026-11-30, results/probe_timing_context.json): the company
+made no difference (2816 x 4096: 38.40-38.47 us in all five; the copy
+51.76-51.83). The next device loan timed the same code at 35.97 us, with
+torch.compile at 40.7 on both: the spread is between machines, not
+companies (harness.gpu_identity now records which GPU ran a result).
 
 Writes ``$OUT/probe_timing_context.json``: rows as timed_rows writes them,
 plus ``context`` and the wall-clock ``t_start``/``t_end`` of each context
@@ -105,7 +111,7 @@ def main() -> None:
             rows += measured
             fused, copy = by_impl["fused"]["us"], by_impl["copy"]["us"]
             print(f"{tokens:6d} {name:24s} fused {fused:8.2f} us  copy {copy:8.2f} us  "
-                  f"fused/copy {100 * copy / fused:5.1f}%  vs 2 GiB copy {100 * by_impl['floor']['us'] / fused:5.1f}%  "
+                  f"% of the 2 GiB copy's bandwidth {100 * by_impl['floor']['us'] / fused:5.1f}  "
                   f"layouts {by_impl['fused']['us_layouts']}", flush=True)
             harness.write_results("probe_timing_context", rows, copy_bw=copy_bw, extra={"dtype": "bfloat16"})
 
