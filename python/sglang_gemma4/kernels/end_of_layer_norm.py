@@ -701,7 +701,10 @@ class EndOfLayerLaunch(NamedTuple):
 # vs 20.40; without the prefetch that chunked launch took 22.04). Dense 5376: no gain from
 # the prefetch (4096 rows, 2048 x 4 unrolled: 48.59 vs 46.91 without), but 2048 x 4 unrolled
 # with eviction hints beat the rolled 1024 x 8 from 4096 rows: 46.72 vs 47.79, 88.92 vs
-# 93.16, 172.06 vs 180.34 (compile 50.12, 96.47, 189.25).
+# 93.16, 172.06 vs 180.34 (compile 50.12, 96.47, 189.25). At 384-2048 rows the prefetch lost
+# (results/sweep_in_context_prefetch_mid.json: dense 384 6.36 vs 5.71, MoE 768 8.85 vs 8.63).
+# The benchmark with this table (results/end_of_layer_norm_prefill_session10.json): MoE
+# 4096/8192/16384 34.49/63.26/118.96, dense 46.73/88.64/171.54.
 PREFILL_TABLE: dict[int, tuple[tuple[int, EndOfLayerLaunch], ...]] = {
     2816: (
         (257, EndOfLayerLaunch(1024, 1, 4, "chunked", stream_hints=True)),

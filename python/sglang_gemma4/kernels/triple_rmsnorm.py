@@ -1037,7 +1037,10 @@ def row_lanes(segments: tuple[int, int, int], num_warps: int) -> int:
 # table 35.55). 2816 in 1024 x 4 hinted: 4096 36.61 / 36.75 / 35.80, 8192 70.70 / 70.77 /
 # 70.47, 16384 139.47 / 139.49 / 140.99: within 1-2% either way, unchanged. (The same
 # code's 2816 x 4096 took 38.4 us on another H200 lent that day, and torch.compile 40.7
-# on both: harness.gpu_identity.)
+# on both: harness.gpu_identity.) At 384-2048 rows the prefetch lost or was level
+# (results/sweep_in_context_prefetch_mid.json: 5376 x 768 16.05 vs 15.52 in 1024 x 4,
+# x 1024 19.67 vs 19.94 in 2048 x 8). The benchmark with this table (results/
+# triple_rmsnorm_prefill_session10.json): 5376 x 4096/8192/16384 69.18/133.21/260.69.
 # (outputs, hidden) -> (max n_rows, launch) buckets, the first that holds n_rows wins.
 _ALL_ROWS = 1 << 62
 _LAUNCH_TABLE: dict[tuple[int, int], tuple[tuple[int, TripleNormLaunch], ...]] = {
