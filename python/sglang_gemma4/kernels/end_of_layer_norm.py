@@ -704,7 +704,9 @@ class EndOfLayerLaunch(NamedTuple):
 # 93.16, 172.06 vs 180.34 (compile 50.12, 96.47, 189.25). At 384-2048 rows the prefetch lost
 # (results/sweep_in_context_prefetch_mid.json: dense 384 6.36 vs 5.71, MoE 768 8.85 vs 8.63).
 # The benchmark with this table (results/end_of_layer_norm_prefill_session10.json): MoE
-# 4096/8192/16384 34.49/63.26/118.96, dense 46.73/88.64/171.54.
+# 4096/8192/16384 34.49/63.26/118.96, dense 46.73/88.64/171.54. Capping the MoE launch's
+# registers (Triton's maxnreg, for more programs per SM) was level at 80 and slower at
+# 88-104 (results/sweep_in_context_eol_max_registers.json), so it is not an option here.
 PREFILL_TABLE: dict[int, tuple[tuple[int, EndOfLayerLaunch], ...]] = {
     2816: (
         (257, EndOfLayerLaunch(1024, 1, 4, "chunked", stream_hints=True)),
