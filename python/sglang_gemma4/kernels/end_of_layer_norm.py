@@ -71,7 +71,7 @@ import triton
 import triton.language as tl
 
 from sglang_gemma4.kernels.dependent_launch import launch_kwargs, wait_for_previous_grid
-from sglang_gemma4.kernels.prefetch import PREFETCH_LEVELS, prefetch_lanes, prefetch_lines
+from sglang_gemma4.kernels.prefetch import prefetch_lanes, prefetch_level, prefetch_lines
 from sglang_gemma4.kernels.reductions import paired_sums
 from sglang_gemma4.kernels.rounding import round_to
 from sglang_gemma4.kernels.row_segments import lanes_per_row, launch_segments
@@ -912,8 +912,7 @@ def _launch(
         raise ValueError(f"act_cache must be '' or '.cg', and '' except for the persistent kernel: {launch}")
     if launch.stream_hints and launch.kernel != "chunked":
         raise ValueError(f"stream_hints is an option of the chunked kernel only: {launch}")
-    if launch.prefetch not in PREFETCH_LEVELS or (launch.prefetch and launch.kernel != "chunked"):
-        raise ValueError(f"prefetch is one of {PREFETCH_LEVELS}, and only for the chunked kernel: {launch}")
+    prefetch = prefetch_level(launch, "chunked")
     if launch.kernel == "row":
         rows = launch.rows_per_program
         if rows < 1 or rows & (rows - 1):
@@ -944,8 +943,8 @@ def _launch(
             UNROLL=launch.unroll, BF16_RNE_BY_BITS=bf16_by_bits,
             REREAD_EVICT="evict_last" if launch.stream_hints else "",
             LAST_EVICT="evict_first" if launch.stream_hints else "",
-            **({} if triton_interpreting() or not launch.prefetch else dict(
-                PREFETCH_RES=launch.prefetch, PREFETCH_LANES=prefetch_lanes(hidden, residual.element_size()))),
+            **({} if not prefetch else dict(
+                PREFETCH_RES=prefetch, PREFETCH_LANES=prefetch_lanes(hidden, residual.element_size()))),
             num_warps=launch.num_warps, **pdl,
         )
     else:

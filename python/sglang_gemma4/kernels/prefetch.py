@@ -6,17 +6,38 @@ reads a tensor after its first reduction (the triple norm's residual) can ask
 for that tensor's lines at the start instead, so that the DRAM trip overlaps
 the first pass instead of following it.
 
-NVIDIA only (PTX ``prefetch.global.L1`` / ``.L2``): the launchers pass
-``LEVEL=""`` (no prefetch) under Triton's interpreter, which cannot run PTX.
-A prefetch never changes what a kernel computes.
+NVIDIA only (PTX ``prefetch.global.L1`` / ``.L2``): the launchers compile
+``LEVEL=""`` (no prefetch) under Triton's interpreter, which cannot run PTX
+(:func:`prefetch_level`). A prefetch never changes what a kernel computes.
 
-Imports triton only.
+Imports torch and triton only.
 """
+
+from typing import Protocol
 
 import triton
 import triton.language as tl
 
+from sglang_gemma4.kernels.support import triton_interpreting
+
 PREFETCH_LEVELS = ("", "L1", "L2")
+
+
+class _Launch(Protocol):
+    """What :func:`prefetch_level` reads of a kernel's launch tuple."""
+
+    kernel: str
+    prefetch: str
+
+
+def prefetch_level(launch: _Launch, kernel: str) -> str:
+    """The cache level to compile ``launch.prefetch`` with: "" under Triton's
+    interpreter, else the launch's own. Raises ``ValueError`` unless it is one
+    of ``PREFETCH_LEVELS`` and set only on a launch of ``kernel``, the kernel
+    that takes the option."""
+    if launch.prefetch not in PREFETCH_LEVELS or (launch.prefetch and launch.kernel != kernel):
+        raise ValueError(f"prefetch is one of {PREFETCH_LEVELS}, and only for the {kernel} kernel: {launch}")
+    return "" if triton_interpreting() else launch.prefetch
 
 
 @triton.jit

@@ -76,7 +76,7 @@ import triton
 import triton.language as tl
 
 from sglang_gemma4.kernels.dependent_launch import launch_kwargs, wait_for_previous_grid
-from sglang_gemma4.kernels.prefetch import PREFETCH_LEVELS, prefetch_lines
+from sglang_gemma4.kernels.prefetch import prefetch_level, prefetch_lines
 from sglang_gemma4.kernels.reductions import paired_sums
 from sglang_gemma4.kernels.rounding import round_to
 from sglang_gemma4.kernels.row_segments import block_segments, exact_chunks, launch_segments
@@ -1192,8 +1192,7 @@ def _launch(
     }
     if launch.rows_per_program < 1 or launch.rows_per_program & (launch.rows_per_program - 1):
         raise ValueError(f"rows_per_program must be a power of two: {launch}")
-    if launch.prefetch not in PREFETCH_LEVELS or (launch.prefetch and launch.kernel != "segmented"):
-        raise ValueError(f"prefetch is one of {PREFETCH_LEVELS}, and only for the segmented kernel: {launch}")
+    prefetch = prefetch_level(launch, "segmented")
     if launch.kernel in ("row", "persistent"):
         if launch.rolled:
             raise ValueError(f"the row kernel has no loop to roll: {launch}")
@@ -1251,7 +1250,7 @@ def _launch(
             TAIL1=tail1,
             LANES=lanes,
             ROLLED=launch.rolled,
-            PREFETCH_RES="" if triton_interpreting() else launch.prefetch,
+            PREFETCH_RES=prefetch,
             num_warps=launch.num_warps,
             **({"num_stages": 1} if launch.rolled else {}),
             **constants,
