@@ -147,6 +147,7 @@ class LayerInputs:
             return randn(n, scale=0.1) + 1
 
         h, t = k.hidden, tokens
+        self.tokens = tokens
         self.q_size, self.kv_size = k.q_heads * HEAD_DIM, k.kv_heads * HEAD_DIM
         self.h = randn(t, h)  # the stream entering the layer (also its residual)
         self.w_in, self.w_post_attn, self.w_pre_ff, self.w_post_ff, self.w_next = (weight(h) for _ in range(5))
@@ -186,12 +187,14 @@ class LayerInputs:
 # --------------------------------------------------------------------------- sequences
 
 
-def moe_internals(t: LayerInputs) -> torch.Tensor:
-    """Routing, alignment, expert activation and the top-k sum: SGLang's launches, unchanged by the plugin."""
+def moe_internals(t: LayerInputs, top_k_sum: bool = True) -> torch.Tensor:
+    """Routing, alignment, expert activation and the top-k sum: SGLang's launches. Without
+    ``top_k_sum`` the experts' unsummed rows (the plugin's ``moe_sum_fold`` sums them in the
+    end-of-layer kernel)."""
     _, ids = so.topk_routing(t.router_logits, TOP_K)
     so.moe_align(ids, NUM_EXPERTS, MOE_BLOCK_M)
     so.gelu_tanh_and_mul(t.w13_out)
-    return so.moe_sum_reduce(t.w2_out)
+    return so.moe_sum_reduce(t.w2_out) if top_k_sum else t.w2_out
 
 
 def sglang_layer(k: LayerKind, t: LayerInputs) -> torch.Tensor:
@@ -220,7 +223,7 @@ def sglang_layer(k: LayerKind, t: LayerInputs) -> torch.Tensor:
     return (stream + so.rmsnorm(t.projected, t.w_ple, EPS)) * t.scalar
 
 
-def plugin_layer(kernels: dict[str, ModuleType], k: LayerKind, t: LayerInputs) -> torch.Tensor:
+def plugin_layer(kernels: dict[str, ModuleType], k: LayerKind, t: LayerInputs, moe_sum_fold: bool = False) -> torch.Tensor:
     eol, qnr, tri, pt = (kernels.get(n) for n in ("end_of_layer_norm", "qkv_norm_rope", "triple_rmsnorm", "ple_tail"))
     if eol is None:  # the previous layer's end did not produce this layer's normalized input
         so.rmsnorm(t.h, t.w_in, EPS)
@@ -254,6 +257,11 @@ def plugin_layer(kernels: dict[str, ModuleType], k: LayerKind, t: LayerInputs) -
             return eol.dense_end_of_layer_norm(t.mlp_out, t.w_post_ff, t.h, t.scalar, t.w_next, EPS)[0]
         return so.rmsnorm_residual_scalar(t.mlp_out, t.w_post_ff, t.h, t.scalar, EPS)
     if k.kind == "moe":
+        if moe_sum_fold and eol is not None and t.tokens <= eol.EXPERT_SUM_FOLD_MAX_TOKENS:
+            rows = moe_internals(t, top_k_sum=False)
+            return eol.moe_expert_sum_end_of_layer_norm(
+                t.mlp_out, t.w_post_1, rows, t.w_post_2, t.w_post_ff, t.h, t.scalar, t.w_next, EPS
+            )[0]
         h2 = moe_internals(t)
         if eol is not None:
             return eol.moe_end_of_layer_norm(
@@ -457,6 +465,11 @@ def main() -> None:
     parser.add_argument("--models", nargs="*", default=list(LAYERS_PER_MODEL), choices=list(LAYERS_PER_MODEL))
     parser.add_argument("--no-compile", action="store_true", help="skip the torch_compile implementation")
     parser.add_argument("--markdown", type=Path, help="print README tables from this results JSON and exit")
+    parser.add_argument(
+        "--moe-sum-fold", action="store_true",
+        help="time the MoE layer with the opt-in moe_sum_fold (SGLANG_GEMMA4_MOE_SUM_FOLD=1): its top-k sum "
+        "done by the end-of-layer kernel up to EXPERT_SUM_FOLD_MAX_TOKENS tokens",
+    )
     args = parser.parse_args()
     if args.markdown:
         print(markdown(json.loads(args.markdown.read_text())))
@@ -468,7 +481,9 @@ def main() -> None:
     copy_bw = harness.copy_bandwidth_TBps()
     rows: list[dict] = []
     for k in (k for k in KINDS if k.model in args.models):
-        impls: dict[str, Callable] = {"sglang": sglang_layer, "fused": partial(plugin_layer, kernels)}
+        impls: dict[str, Callable] = {
+            "sglang": sglang_layer, "fused": partial(plugin_layer, kernels, moe_sum_fold=args.moe_sum_fold),
+        }
         if not args.no_compile:
             impls["torch_compile"] = partial(compiled_layer, CompiledStretches())
         for tokens in args.batches:
@@ -484,6 +499,7 @@ def main() -> None:
             "dtype": "bfloat16",
             "plugin_kernels": sorted(kernels),
             "plugin_kernels_missing": missing,
+            "moe_sum_fold": args.moe_sum_fold,
             "per_step": per_step(rows),
             "notes": {
                 "scope": "one decoder layer's decode step without its GEMMs and attention (their outputs are inputs); "

@@ -48,8 +48,10 @@ def end_of_layer_case(
     zero_row: bool = False,
     scalar_dtype: torch.dtype | None = None,
     device: str | torch.device = "cpu",
+    top_k: int = 8,
 ) -> EndOfLayerCase:
-    """Random inputs of one layer kind. Weights near 1, ``layer_scalar`` in [0.5, 1.5)
+    """Random inputs of one layer kind ("moe_experts": the MoE end from ``top_k``
+    expert rows per token). Weights near 1, ``layer_scalar`` in [0.5, 1.5)
     (in ``scalar_dtype``, default the activation dtype); ``zero_row`` zeroes the
     middle row of every activation."""
     gen = torch.Generator().manual_seed(seed)
@@ -70,6 +72,14 @@ def end_of_layer_case(
     if kind == "moe":
         args = (act(), weight(), act(), weight(), weight(), act(), scalar, weight())
         return EndOfLayerCase(kind, args, eol.moe_end_of_layer_norm, eol.moe_end_of_layer_norm_reference, eol.supports_moe)
+    if kind == "moe_experts":
+        # Each token's top-k routed-weighted expert rows instead of their sum.
+        rows = torch.stack([act() for _ in range(top_k)], dim=1) / top_k**0.5
+        args = (act(), weight(), rows.contiguous(), weight(), weight(), act(), scalar, weight())
+        return EndOfLayerCase(
+            kind, args, eol.moe_expert_sum_end_of_layer_norm, eol.moe_expert_sum_end_of_layer_norm_reference,
+            eol.supports_moe_expert_sum,
+        )
     if kind == "ple":
         args = (act(), weight(), act(), scalar, weight())
         return EndOfLayerCase(kind, args, eol.ple_end_of_layer_norm, eol.ple_end_of_layer_norm_reference, eol.supports_ple)

@@ -133,7 +133,8 @@ KERNELS = [
         dict(SEG0=4096, SEG1=1024, SEG2=256, LANES=256, MOE_OUTPUTS=False, ACT_EVICT="", PAIRED_SUMS=False),
         8,
     ),
-    (eol._end_of_layer_norm_kernel, dict(MODE=1, ROWS=1, BLOCK_H=4096), 16),
+    (eol._end_of_layer_norm_kernel, dict(MODE=1, ROWS=1, BLOCK_H=4096, EXPERT_ROWS=0), 16),
+    (eol._end_of_layer_norm_kernel, dict(MODE=1, ROWS=1, BLOCK_H=4096, EXPERT_ROWS=8), 16),
     (
         eol._end_of_layer_norm_chunked_kernel,
         dict(MODE=1, CHUNK=1024, NUM_CHUNKS=3, UNROLL=1, REREAD_EVICT="evict_last", LAST_EVICT="evict_first",

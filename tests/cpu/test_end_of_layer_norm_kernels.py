@@ -320,3 +320,69 @@ def test_empty_batch_and_bad_overrides():
         case.run(launch=eol.row_launch(128)._replace(rows_per_program=3))
     with pytest.raises(ValueError, match="out must be"):
         case.run(out=torch.empty(4, 128, dtype=torch.float16))
+
+
+# --------------------------------------------------------------------------- the experts' rows summed in the kernel
+
+
+@pytest.mark.parametrize("top_k", [1, 3, 8])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("tokens,hidden", [(1, 128), (17, 128), (3, 1000), (1, 2816)])
+def test_expert_sum_matches_reference(tokens, hidden, dtype, top_k):
+    check_case(end_of_layer_case("moe_experts", tokens, hidden, dtype, top_k=top_k, seed=tokens + top_k))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_expert_sum_is_the_topk_sum_then_the_moe_end(dtype):
+    """Same bits as SGLang's order: the rows summed (fp32, routing order, rounded)
+    into the MoE output, then the MoE end of layer of that output."""
+    case = end_of_layer_case("moe_experts", 7, 256, dtype, seed=2)
+    h_dense, w1, rows, w2, w3, residual, scalar, w_next = case.args
+    summed = eol.moe_expert_sum_reference(rows)
+    want_h, want_next = eol.moe_end_of_layer_norm(h_dense, w1, summed, w2, w3, residual, scalar, w_next, EPS)
+    h, next_in = case.run()
+    assert torch.equal(h, want_h) and torch.equal(next_in, want_next)
+
+
+def test_expert_sum_rounding_is_observable():
+    """The MoE output is rounded before its norm: an fp32 sum normalized without
+    that rounding gives other bf16 outputs on many elements."""
+    case = end_of_layer_case("moe_experts", 64, 128, torch.bfloat16, seed=4)
+    h_dense, w1, rows, w2, w3, residual, scalar, w_next = case.args
+    h, _ = case.run()
+    unrounded = rows.float().sum(dim=1)
+    want = eol.moe_end_of_layer_reference(h_dense.float(), w1, unrounded, w2, w3, residual.float(), scalar, EPS)
+    assert (h != want.to(torch.bfloat16)).float().mean().item() > 2e-3
+
+
+def test_expert_sum_zero_row_and_empty_batch():
+    case = end_of_layer_case("moe_experts", 9, 128, torch.bfloat16, zero_row=True, seed=6)
+    h, next_in = check_case(case)
+    assert torch.count_nonzero(h[4]) == 0 and torch.count_nonzero(next_in[4]) == 0
+    empty = end_of_layer_case("moe_experts", 0, 128, torch.bfloat16)
+    h, next_in = empty.run()
+    assert h.shape == next_in.shape == (0, 128)
+
+
+def test_expert_sum_unsupported_inputs():
+    case = end_of_layer_case("moe_experts", 4, 128, torch.bfloat16, top_k=4)
+    h_dense, w1, rows, w2, w3, residual, scalar, w_next = case.args
+
+    def supported(**change) -> bool:
+        args = dict(h_dense=h_dense, w_post_ff_1=w1, expert_rows=rows, w_post_ff_2=w2, w_post_ff=w3,
+                    residual=residual, layer_scalar=scalar, w_next=w_next)
+        args.update(change)
+        return eol.supports_moe_expert_sum(**args)
+
+    assert supported()
+    assert not supported(expert_rows=rows.transpose(0, 1).contiguous().transpose(0, 1))  # not contiguous
+    assert not supported(expert_rows=rows.sum(dim=1))  # already summed: 2-D
+    assert not supported(expert_rows=rows[:, :0])  # no expert
+    assert not supported(expert_rows=rows.repeat(1, 5, 1))  # 20 rows > MAX_EXPERT_ROWS
+    assert not supported(expert_rows=rows.half())
+    assert not supported(expert_rows=rows[:3])
+    assert not supported(h_dense=h_dense.half())
+    with pytest.raises(ValueError, match="unsupported inputs"):
+        eol.moe_expert_sum_end_of_layer_norm(h_dense, w1, rows.sum(dim=1), w2, w3, residual, scalar, w_next, EPS)
+    with pytest.raises(ValueError, match="row kernel only"):
+        case.run(launch=eol.EndOfLayerLaunch(128, 1, 4, "chunked"))

@@ -179,3 +179,34 @@ def test_persistent_kernel_at_real_widths(kind, hidden, launch):
     for dtype in (torch.float16, torch.float32):
         check_case(end_of_layer_case(kind, 300, hidden, dtype, seed=7, device="cuda"), launch=launch)
     check_strided_over_residual(kind, 1000, hidden, launch, seed=9, device="cuda")
+
+
+# --------------------------------------------------------------------------- the experts' rows summed in the kernel
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("tokens", [1, 2, 8, 17, 32, 64, 256])
+@pytest.mark.parametrize("hidden", [2816, 1000])
+def test_expert_sum_matches_reference(hidden, tokens, dtype):
+    check_case(end_of_layer_case("moe_experts", tokens, hidden, dtype, seed=tokens, device="cuda"))
+
+
+@pytest.mark.parametrize("scale", SCALES.values(), ids=SCALES.keys())
+def test_expert_sum_magnitudes(scale):
+    check_case(end_of_layer_case("moe_experts", 9, 2816, torch.bfloat16, scale=scale, zero_row=True, device="cuda"))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("tokens", [1, 8, 32])
+def test_expert_sum_is_the_topk_sum_then_the_moe_end(tokens, dtype):
+    """Bit for bit: the rows summed as SGLang's moe_sum_reduce_triton does (fp32 from
+    zero, routing order, one rounding; here the fp32 reference), then the
+    plugin's MoE end-of-layer kernel of that sum."""
+    case = end_of_layer_case("moe_experts", tokens, 2816, dtype, seed=3, device="cuda")
+    h_dense, w1, rows, w2, w3, residual, scalar, w_next = case.args
+    want = eol.moe_end_of_layer_norm(
+        h_dense, w1, eol.moe_expert_sum_reference(rows), w2, w3, residual, scalar, w_next, 1e-6,
+        launch=eol.row_launch(2816),
+    )
+    got = case.run()
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])

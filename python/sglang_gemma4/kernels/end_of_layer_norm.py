@@ -119,7 +119,11 @@ def _end_of_layer_norm_kernel(
     BLOCK_H: tl.constexpr,
     BF16_RNE_BY_BITS: tl.constexpr,
     USE_PDL: tl.constexpr = False,
+    EXPERT_ROWS: tl.constexpr = 0,
 ):
+    """``EXPERT_ROWS`` (MoE only; 0: ``x2`` is the experts' summed output): ``x2``
+    holds each token's ``EXPERT_ROWS`` routed-weighted expert rows, ``hidden``
+    apart, summed here as SGLang's top-k sum does before the end of the layer."""
     wait_for_previous_grid(USE_PDL)
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     # int64: rows * stride passes 2**31 at ~400k tokens of hidden 5376.
@@ -140,8 +144,19 @@ def _end_of_layer_norm_kernel(
     if MODE == 1:
         # Dense and expert branches, each normalized, summed and normalized
         # again, all in fp32 (SGLang's dual kernel stores nothing in between).
-        x2 = tl.load(x2_ptr + rows64 * x2_stride + cols[None, :], mask=mask, other=0.0, eviction_policy="evict_first")
-        x2 = x2.to(tl.float32)
+        if EXPERT_ROWS > 0:
+            # moe_sum_reduce: an fp32 sum over the top-k rows in routing order,
+            # stored (rounded) as the MoE output that the dual norm then reads.
+            x2 = tl.zeros((ROWS, BLOCK_H), dtype=tl.float32)
+            for k in tl.static_range(EXPERT_ROWS):
+                x2 += tl.load(
+                    x2_ptr + rows64 * x2_stride + k * hidden + cols[None, :],
+                    mask=mask, other=0.0, eviction_policy="evict_first",
+                ).to(tl.float32)
+            x2 = round_to(x2, act, BF16_RNE_BY_BITS)
+        else:
+            x2 = tl.load(x2_ptr + rows64 * x2_stride + cols[None, :], mask=mask, other=0.0, eviction_policy="evict_first")
+            x2 = x2.to(tl.float32)
         w_b = tl.load(w_b_ptr + cols, mask=col_ok, other=0.0, eviction_policy="evict_last").to(tl.float32)
         w_c = tl.load(w_c_ptr + cols, mask=col_ok, other=0.0, eviction_policy="evict_last").to(tl.float32)
         combined = x * _inv_rms(x, hidden, eps)[:, None] * w_a[None, :]
@@ -829,6 +844,35 @@ def _moe_problem(h_dense, w_post_ff_1, h_moe, w_post_ff_2, w_post_ff, residual, 
     return _problem(MOE, h_dense, h_moe, residual, layer_scalar, weights)
 
 
+# The most top-k rows one token's expert sum reads (Gemma-4 routes to 8).
+MAX_EXPERT_ROWS = 16
+# Batches up to this many tokens have their experts' rows summed by the end of
+# the layer (patch moe_sum_fold). SGLang sums these with moe_sum_reduce_triton on
+# sm_90+ (an fp32 sum in routing order, as the fold does: the same bits), and
+# they are the decode batches, where the saved launch is most of the sum's cost.
+EXPERT_SUM_FOLD_MAX_TOKENS = 32
+
+
+def _moe_expert_sum_problem(
+    h_dense, w_post_ff_1, expert_rows, w_post_ff_2, w_post_ff, residual, layer_scalar, w_next
+) -> str | None:
+    weights = (("w_post_ff_1", w_post_ff_1), ("w_post_ff_2", w_post_ff_2), ("w_post_ff", w_post_ff), ("w_next", w_next))
+    problem = _problem(MOE, h_dense, None, residual, layer_scalar, weights)
+    if problem is not None:
+        return problem
+    if expert_rows.dim() != 3 or not expert_rows.is_contiguous():
+        return f"expert_rows must be a contiguous [T, top_k, H] tensor, got shape {tuple(expert_rows.shape)} strides {expert_rows.stride()}"
+    tokens, top_k, hidden = expert_rows.shape
+    if (tokens, hidden) != tuple(h_dense.shape) or expert_rows.dtype != h_dense.dtype or expert_rows.device != h_dense.device:
+        return (
+            f"expert_rows {tuple(expert_rows.shape)} {expert_rows.dtype} on {expert_rows.device} does not match "
+            f"h_dense {tuple(h_dense.shape)} {h_dense.dtype} on {h_dense.device}"
+        )
+    if not 1 <= top_k <= MAX_EXPERT_ROWS:
+        return f"expert_rows has {top_k} rows per token (supported: 1..{MAX_EXPERT_ROWS})"
+    return None
+
+
 def _ple_problem(x, w_post_ple, residual, layer_scalar, w_next) -> str | None:
     return _problem(PLE, x, None, residual, layer_scalar, (("w_post_ple", w_post_ple), ("w_next", w_next)))
 
@@ -847,6 +891,18 @@ def supports_dense(x, w_post_ff, residual, layer_scalar, w_next) -> bool:
 def supports_moe(h_dense, w_post_ff_1, h_moe, w_post_ff_2, w_post_ff, residual, layer_scalar, w_next) -> bool:
     """Whether :func:`moe_end_of_layer_norm` runs on these inputs (as :func:`supports_dense`)."""
     return _moe_problem(h_dense, w_post_ff_1, h_moe, w_post_ff_2, w_post_ff, residual, layer_scalar, w_next) is None
+
+
+def supports_moe_expert_sum(
+    h_dense, w_post_ff_1, expert_rows, w_post_ff_2, w_post_ff, residual, layer_scalar, w_next
+) -> bool:
+    """Whether :func:`moe_expert_sum_end_of_layer_norm` runs on these inputs: as
+    :func:`supports_moe`, with ``expert_rows`` a contiguous ``[T, top_k, H]`` tensor
+    (``top_k`` 1..``MAX_EXPERT_ROWS``) of ``h_dense``'s dtype and device."""
+    problem = _moe_expert_sum_problem(
+        h_dense, w_post_ff_1, expert_rows, w_post_ff_2, w_post_ff, residual, layer_scalar, w_next
+    )
+    return problem is None
 
 
 def supports_ple(x, w_post_ple, residual, layer_scalar, w_next) -> bool:
@@ -871,6 +927,7 @@ def _launch(
     eps: float,
     out: torch.Tensor | None,
     launch: EndOfLayerLaunch | None,
+    expert_rows: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     if problem is not None:
         raise ValueError(f"end_of_layer_norm: unsupported inputs: {problem}")
@@ -882,7 +939,9 @@ def _launch(
     n_rows, hidden = x.shape
     if n_rows == 0:
         return out, next_in
-    launch = launch or launch_config(hidden, n_rows)
+    launch = launch or (row_launch(hidden) if expert_rows else launch_config(hidden, n_rows))
+    if expert_rows and launch.kernel != "row":
+        raise ValueError(f"the experts' rows are summed by the row kernel only: {launch}")
     x2 = x if x2 is None else x2
     args = (
         x,
@@ -921,7 +980,7 @@ def _launch(
             raise ValueError(f"the row kernel needs block_h >= hidden ({hidden}): {launch}")
         _end_of_layer_norm_kernel[(triton.cdiv(n_rows, rows),)](
             *args, MODE=mode, ROWS=rows, BLOCK_H=launch.block_h, BF16_RNE_BY_BITS=bf16_by_bits,
-            num_warps=launch.num_warps, **pdl,
+            EXPERT_ROWS=expert_rows, num_warps=launch.num_warps, **pdl,
         )
     elif launch.kernel == "persistent":
         if launch.rows_per_program != 1 or launch.programs_per_sm < 1:
@@ -1009,6 +1068,41 @@ def moe_end_of_layer_norm(
     )
 
 
+def moe_expert_sum_end_of_layer_norm(
+    h_dense: torch.Tensor,
+    w_post_ff_1: torch.Tensor,
+    expert_rows: torch.Tensor,
+    w_post_ff_2: torch.Tensor,
+    w_post_ff: torch.Tensor,
+    residual: torch.Tensor,
+    layer_scalar: torch.Tensor,
+    w_next: torch.Tensor,
+    eps: float,
+    *,
+    out: torch.Tensor | None = None,
+    launch: EndOfLayerLaunch | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(h, next_in)`` of a MoE layer's end from the experts' unsummed rows, one launch.
+
+    ``expert_rows`` is ``[T, top_k, H]``: each token's routed-weighted expert
+    outputs (what SGLang's Triton MoE runner leaves with ``defer_sum``). The
+    kernel first forms the MoE output as SGLang's top-k sum does,
+    ``h_moe = round(sum_k expert_rows[:, k])`` with an fp32 sum in routing
+    order, then computes :func:`moe_end_of_layer_norm` of it. One launch
+    instead of two (the top-k sum and the end of layer). Always the row kernel
+    (:func:`row_launch`; ``launch`` must be a row launch); it is meant for the
+    decode sizes, where the launch saved is most of the cost. Unsupported
+    inputs (see :func:`supports_moe_expert_sum`) raise ``ValueError``.
+    """
+    problem = _moe_expert_sum_problem(
+        h_dense, w_post_ff_1, expert_rows, w_post_ff_2, w_post_ff, residual, layer_scalar, w_next
+    )
+    return _launch(
+        MOE, problem, h_dense, expert_rows, residual, layer_scalar, w_post_ff_1, w_post_ff_2, w_post_ff, w_next,
+        eps, out, launch, expert_rows=expert_rows.shape[1] if expert_rows.dim() == 3 else 0,
+    )
+
+
 def ple_end_of_layer_norm(
     x: torch.Tensor,
     w_post_ple: torch.Tensor,
@@ -1084,6 +1178,25 @@ def moe_end_of_layer_norm_reference(
     """``(h, next_in)`` as SGLang's two launches compute them (fp32 arithmetic)."""
     h = moe_end_of_layer_reference(h_dense, w_post_ff_1, h_moe, w_post_ff_2, w_post_ff, residual, layer_scalar, eps)
     return h, next_input_norm_reference(h, w_next, eps)
+
+
+def moe_expert_sum_reference(expert_rows: torch.Tensor) -> torch.Tensor:
+    """SGLang's top-k sum (``moe_sum_reduce``, routed scale 1): an fp32 sum of each
+    token's ``[top_k, H]`` rows in routing order, rounded to their dtype."""
+    acc = torch.zeros(expert_rows.shape[0], expert_rows.shape[2], dtype=torch.float32, device=expert_rows.device)
+    for k in range(expert_rows.shape[1]):
+        acc += expert_rows[:, k].float()
+    return acc.to(expert_rows.dtype)
+
+
+def moe_expert_sum_end_of_layer_norm_reference(
+    h_dense, w_post_ff_1, expert_rows, w_post_ff_2, w_post_ff, residual, layer_scalar, w_next, eps
+):
+    """``(h, next_in)`` as SGLang's top-k sum and its two launches after it compute them."""
+    return moe_end_of_layer_norm_reference(
+        h_dense, w_post_ff_1, moe_expert_sum_reference(expert_rows), w_post_ff_2, w_post_ff, residual,
+        layer_scalar, w_next, eps,
+    )
 
 
 def ple_end_of_layer_norm_reference(x, w_post_ple, residual, layer_scalar, w_next, eps):

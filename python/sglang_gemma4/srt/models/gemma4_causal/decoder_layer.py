@@ -1,8 +1,9 @@
-"""One owner for the hooks on ``Gemma4DecoderLayer``, shared by three patches.
+"""One owner for the hooks on ``Gemma4DecoderLayer``, shared by four patches.
 
-``triple_rmsnorm``, ``post_attn_norm_add`` (both in :mod:`.triple_rmsnorm`) and
-``end_of_layer_norm`` (:mod:`.end_of_layer_norm`) each change how a decoder
-layer declares its stages and runs its forward. Each is its own patch (its
+``triple_rmsnorm``, ``post_attn_norm_add`` (both in :mod:`.triple_rmsnorm`),
+``end_of_layer_norm`` (:mod:`.end_of_layer_norm`) and ``moe_sum_fold``
+(:mod:`.moe_sum_fold`) each change how a decoder layer declares its stages and
+runs its forward. Each is its own patch (its
 own line in the startup table, its own ``SGLANG_GEMMA4_DISABLE`` name), but
 they list the same two hooks, which the registry installs once and which ask
 ``registry.active`` which of them are on: two ``around`` hooks on one method
@@ -19,7 +20,7 @@ layers) and the attention read that accepts a pre-normalized input
 (attention half; FFN read; the next stream; the FFN exit), with the plugin's
 kernels where they apply; any other layer runs SGLang's forward.
 
-Delete when: all three patches are gone (see their modules).
+Delete when: all four patches are gone (see their modules).
 """
 
 from __future__ import annotations
@@ -33,12 +34,13 @@ from sglang.srt.layers.layer_boundary.residual import batch as residual_batch
 
 from sglang_gemma4.registry import Hook, Patch, active
 from sglang_gemma4.srt.models.gemma4_causal import end_of_layer_norm as eol
+from sglang_gemma4.srt.models.gemma4_causal import moe_sum_fold
 from sglang_gemma4.srt.models.gemma4_causal import ple_tail
 from sglang_gemma4.srt.models.gemma4_causal import triple_rmsnorm as post_attn
 
 _LAYER = "sglang.srt.models.gemma4_causal.Gemma4DecoderLayer"
 _MODEL = "sglang.srt.models.gemma4_causal.Gemma4TextModel"
-TRIPLE, NORM_ADD, EOL = "triple_rmsnorm", "post_attn_norm_add", eol.PATCH_NAME
+TRIPLE, NORM_ADD, EOL, MOE_SUM = "triple_rmsnorm", "post_attn_norm_add", eol.PATCH_NAME, moe_sum_fold.PATCH_NAME
 
 
 def stage_facts(original: Callable, cls: type, config: Any, layer_id: int, *, post_attention_layernorm=None):
@@ -70,8 +72,11 @@ def _next_stream(
     if layer.enable_moe_block:
         if not call.fused or layer.has_ple:
             return layer._next_stream(hidden_states, residual, per_layer_input, forward_batch), None
-        dense_out, moe_out = post_attn.moe_branches(layer, hidden_states, call, forward_batch)
+        defer_sum = nxt is not None and active(MOE_SUM) and eol.may_fold_moe(layer, nxt, residual)
+        dense_out, moe_out = post_attn.moe_branches(layer, hidden_states, call, forward_batch, defer_sum)
         folded = eol.fold_moe(layer, dense_out, moe_out, residual, nxt) if nxt is not None else None
+        if folded is None and moe_out.dim() == 3:
+            moe_out = moe_sum_fold.sum_expert_rows(moe_out)
         return folded or (post_attn.moe_end(layer, dense_out, moe_out, residual), None)
     if layer.has_ple:
         if nxt is None or not active(ple_tail.PATCH_NAME) or not ple_tail.takes_fused_tail(layer, residual, per_layer_input):
@@ -139,6 +144,10 @@ def _check_post_attn() -> str | None:
     return post_attn.check()
 
 
+def _check_moe_sum() -> str | None:
+    return _check_post_attn() or moe_sum_fold.check()
+
+
 PATCHES = [
     Patch(
         name=TRIPLE,
@@ -160,5 +169,16 @@ PATCHES = [
         hooks=(STAGE_FACTS, FORWARD, LINK_LAYERS),
         delete_when="SGLang's layer boundary folds the next layer's input norm into the previous layer's exit",
         check=_check_post_attn,  # its RMSNorm/Gemma4RMSNorm attributes are those the fold reads too
+    ),
+    Patch(
+        name=MOE_SUM,
+        summary=(
+            "26B-A4B MoE layers: the experts' top-k sum done by the end-of-layer kernel "
+            f"(1 launch fewer per layer, up to {moe_sum_fold.MAX_TOKENS} tokens, unquantized Triton experts, TP=EP=1)"
+        ),
+        hooks=(STAGE_FACTS, FORWARD),
+        delete_when="SGLang's Gemma-4 MoE layer hands its experts' unsummed rows to the layer's exit kernel",
+        check=_check_moe_sum,
+        opt_in_env=moe_sum_fold.OPT_IN_ENV,
     ),
 ]

@@ -57,9 +57,11 @@ from sglang.srt.layers.layer_boundary.residual.add_norm import NormQuantReadout
 from sglang_gemma4.kernels.end_of_layer_norm import (
     dense_end_of_layer_norm,
     moe_end_of_layer_norm,
+    moe_expert_sum_end_of_layer_norm,
     ple_end_of_layer_norm,
     supports_dense,
     supports_moe,
+    supports_moe_expert_sum,
     supports_ple,
 )
 from sglang_gemma4.kernels.support import patch_fused_dtypes
@@ -205,18 +207,39 @@ def fold_dense(
     return (post_ff(mlp_out) + residual) * layer.layer_scalar, None
 
 
+def _moe_norms(layer: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module, torch.nn.Module]:
+    return layer.post_feedforward_layernorm_1, layer.post_feedforward_layernorm_2, layer.post_feedforward_layernorm
+
+
+def may_fold_moe(layer: torch.nn.Module, nxt: torch.nn.Module, residual: torch.Tensor) -> bool:
+    """Whether the MoE layer's norms and the next layer's fit the folded kernel
+    (checked before the FFN runs; the inputs' own checks come in :func:`fold_moe`)."""
+    norms = _moe_norms(layer)
+    return (
+        _fused_dtype(residual)
+        and all(rounds_like_rmsnorm(n) for n in norms)
+        and _eps_match(nxt, *(n.variance_epsilon for n in norms))
+    )
+
+
 def fold_moe(
     layer: torch.nn.Module, dense_out: torch.Tensor, moe_out: torch.Tensor, residual: torch.Tensor, nxt: torch.nn.Module
 ) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """``(h, next_in)`` of a MoE layer by the folded kernel, or None."""
-    norms = (layer.post_feedforward_layernorm_1, layer.post_feedforward_layernorm_2, layer.post_feedforward_layernorm)
-    if not all(rounds_like_rmsnorm(n) for n in norms) or not _eps_match(nxt, *(n.variance_epsilon for n in norms)):
+    """``(h, next_in)`` of a MoE layer by the folded kernel, or None. ``moe_out``
+    is the experts' output ``[T, H]`` or their unsummed ``[T, top_k, H]`` rows,
+    which the kernel then sums (``moe_sum_fold``)."""
+    if not may_fold_moe(layer, nxt, residual):
         return None
+    norms = _moe_norms(layer)
     args = (
         dense_out, norms[0].weight, moe_out, norms[1].weight, norms[2].weight, residual, layer.layer_scalar,
         nxt.input_layernorm.weight,
     )
-    if not _fused_dtype(residual) or not supports_moe(*args):
+    if moe_out.dim() == 3:
+        if not supports_moe_expert_sum(*args):
+            return None
+        return moe_expert_sum_end_of_layer_norm(*args, norms[2].variance_epsilon)
+    if not supports_moe(*args):
         return None
     return moe_end_of_layer_norm(*args, norms[2].variance_epsilon)
 

@@ -63,6 +63,7 @@ from sglang.srt.layers.layer_boundary.output import OutputTransform
 from sglang.srt.runtime_context import get_parallel
 
 from sglang_gemma4.kernels.support import patch_fused_dtypes
+from sglang_gemma4.srt.models.gemma4_causal import moe_sum_fold
 from sglang_gemma4.kernels.triple_rmsnorm import (
     post_attn_norm_add,
     post_attn_triple_rmsnorm,
@@ -282,15 +283,20 @@ def with_fused_read(attn: Any, ffn: Any, read: PostAttentionFusedRead) -> tuple[
 
 
 def moe_branches(
-    layer: torch.nn.Module, dense_in: torch.Tensor, call: PostAttentionCall, forward_batch: Any
+    layer: torch.nn.Module, dense_in: torch.Tensor, call: PostAttentionCall, forward_batch: Any, defer_sum: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``_next_stream``'s MoE branches for a layer without per-layer embeddings,
     from the three normalized inputs the fused read left: the dense MLP's and
-    the experts' outputs, each part's TP sum completed."""
+    the experts' outputs, each part's TP sum completed. ``defer_sum``: the
+    experts' output may be their unsummed ``[T, top_k, H]`` rows
+    (:func:`.moe_sum_fold.experts_output`; only at TP = EP = 1, where the
+    MoE output's sum over ranks is the identity)."""
     boundary = layer.ffn_boundary
     dense_out = boundary.sum_part(layer.mlp(dense_in), forward_batch, SumGroup.TP)
     router_logits, _ = layer.router.proj(call.router_in)
-    moe_out = boundary.sum_part(layer.moe(call.moe_in, router_logits), forward_batch, SumGroup.MOE_OUTPUT)
+    moe_out = moe_sum_fold.experts_output(layer.moe, call.moe_in, router_logits, defer_sum)
+    if moe_out.dim() == 2:
+        moe_out = boundary.sum_part(moe_out, forward_batch, SumGroup.MOE_OUTPUT)
     return dense_out, moe_out
 
 
