@@ -839,8 +839,12 @@ def _dense_problem(x, w_post_ff, residual, layer_scalar, w_next) -> str | None:
     return _problem(DENSE, x, None, residual, layer_scalar, (("w_post_ff", w_post_ff), ("w_next", w_next)))
 
 
+def _moe_weights(w_post_ff_1, w_post_ff_2, w_post_ff, w_next) -> tuple[tuple[str, torch.Tensor], ...]:
+    return ("w_post_ff_1", w_post_ff_1), ("w_post_ff_2", w_post_ff_2), ("w_post_ff", w_post_ff), ("w_next", w_next)
+
+
 def _moe_problem(h_dense, w_post_ff_1, h_moe, w_post_ff_2, w_post_ff, residual, layer_scalar, w_next) -> str | None:
-    weights = (("w_post_ff_1", w_post_ff_1), ("w_post_ff_2", w_post_ff_2), ("w_post_ff", w_post_ff), ("w_next", w_next))
+    weights = _moe_weights(w_post_ff_1, w_post_ff_2, w_post_ff, w_next)
     return _problem(MOE, h_dense, h_moe, residual, layer_scalar, weights)
 
 
@@ -856,7 +860,7 @@ EXPERT_SUM_FOLD_MAX_TOKENS = 32
 def _moe_expert_sum_problem(
     h_dense, w_post_ff_1, expert_rows, w_post_ff_2, w_post_ff, residual, layer_scalar, w_next
 ) -> str | None:
-    weights = (("w_post_ff_1", w_post_ff_1), ("w_post_ff_2", w_post_ff_2), ("w_post_ff", w_post_ff), ("w_next", w_next))
+    weights = _moe_weights(w_post_ff_1, w_post_ff_2, w_post_ff, w_next)
     problem = _problem(MOE, h_dense, None, residual, layer_scalar, weights)
     if problem is not None:
         return problem
