@@ -241,3 +241,31 @@ def test_rows_the_fold_cannot_take_are_summed_by_sglang(plugin_table, monkeypatc
         ours = harness.sglang_hidden(pair.sglang, ids)
     assert calls == {"deferred": MOE_LAYERS - 1} and summed["rows"] == MOE_LAYERS - 1
     assert (ours - harness.hf_hidden(pair.hf, ids)).abs().max().item() <= PARITY_TOL
+
+
+@pytest.mark.interpret
+def test_fold_with_sglang_triton_experts_in_the_model(plugin_table, monkeypatch):
+    """fp16 tiny MoE model whose folded layers run SGLang's real deferred Triton
+    path (on CPU, see the module docstring): as close to transformers' fp32 model
+    as the plugin without the fold (SGLang's native fp16 experts), and close to it."""
+    ids = harness.prompt()
+    reference = harness.hf_hidden(harness.build_pair("moe").hf, ids)
+    unfolded = harness.sglang_hidden(harness.build_pair("moe", dtype=torch.float16).sglang, ids).float()
+    calls: Counter = Counter()
+    deferred = moe_sum_fold.run_deferred_experts
+
+    def counted(*args):
+        calls["deferred"] += 1
+        return deferred(*args)
+
+    monkeypatch.setattr(moe_sum_fold, "rows_device_ok", lambda t: True)
+    monkeypatch.setattr(moe_sum_fold, "run_deferred_experts", counted)
+    with fold_on(monkeypatch), sglang_triton_moe_on_cpu(monkeypatch):
+        folded = harness.sglang_hidden(harness.build_pair("moe", dtype=torch.float16).sglang, ids).float()
+    assert calls["deferred"] == MOE_LAYERS - 1
+    err_unfolded = (unfolded - reference).abs().max().item()
+    err_folded = (folded - reference).abs().max().item()
+    print(f"fp16 vs fp32 transformers: unfolded {err_unfolded:.3g}, folded {err_folded:.3g}, "
+          f"folded vs unfolded {(folded - unfolded).abs().max().item():.3g}")
+    assert err_folded <= 1.5 * err_unfolded
+    assert (folded - unfolded).abs().max().item() <= 2 * err_unfolded
