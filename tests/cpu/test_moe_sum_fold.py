@@ -96,17 +96,13 @@ def test_no_deferral_on_cpu_tensors(plugin_table):
     assert not moe_sum_fold._may_defer(experts, x)  # SGLang's Triton MoE runs on CUDA only
 
 
-def _contract_activation(cfg) -> str:
-    return "tanh" if cfg.activation == "gelu_tanh" else "none"
-
-
 def contract_rows(experts, x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor) -> torch.Tensor:
     """``fused_experts_impl(defer_sum=True)``'s documented result in torch: each
     token's top-k expert outputs times their routing weights, ``[T, top_k, H]`` in
     ``x``'s dtype, rounded where SGLang's kernels store (gate/up, activation, GEMM2)."""
     w13, w2 = experts.w13_weight, experts.w2_weight
     inter = w2.shape[2]
-    approximate = _contract_activation(experts.quant_method.runner.config)
+    approximate = "tanh" if experts.quant_method.runner.config.activation == "gelu_tanh" else "none"
     rows = []
     for k in range(topk_ids.shape[1]):
         e = topk_ids[:, k].long()
@@ -191,7 +187,7 @@ def counted_fold(monkeypatch: pytest.MonkeyPatch):
 
         monkeypatch.setattr(eol, name, counted)
 
-    monkeypatch.setattr(moe_sum_fold, "rows_device_ok", lambda t: True)
+    monkeypatch.setattr(moe_sum_fold, "on_triton_moe_device", lambda t: True)
     monkeypatch.setattr(moe_sum_fold, "run_deferred_experts", deferred)
     counting("moe_expert_sum_end_of_layer_norm")
     counting("moe_end_of_layer_norm")
@@ -258,7 +254,7 @@ def test_fold_with_sglang_triton_experts_in_the_model(plugin_table, monkeypatch)
         calls["deferred"] += 1
         return deferred(*args)
 
-    monkeypatch.setattr(moe_sum_fold, "rows_device_ok", lambda t: True)
+    monkeypatch.setattr(moe_sum_fold, "on_triton_moe_device", lambda t: True)
     monkeypatch.setattr(moe_sum_fold, "run_deferred_experts", counted)
     with fold_on(monkeypatch), sglang_triton_moe_on_cpu(monkeypatch):
         folded = harness.sglang_hidden(harness.build_pair("moe", dtype=torch.float16).sglang, ids).float()

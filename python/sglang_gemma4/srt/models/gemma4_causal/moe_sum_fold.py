@@ -115,7 +115,7 @@ def _may_defer(experts: Any, hidden_states: torch.Tensor) -> bool:
     )
 
     return (
-        rows_device_ok(hidden_states)
+        on_triton_moe_device(hidden_states)
         and hidden_states.dtype in _DTYPES
         and hidden_states.dim() == 2
         and hidden_states.is_contiguous()
@@ -126,7 +126,7 @@ def _may_defer(experts: Any, hidden_states: torch.Tensor) -> bool:
     )
 
 
-def rows_device_ok(t: torch.Tensor) -> bool:
+def on_triton_moe_device(t: torch.Tensor) -> bool:
     """SGLang's Triton MoE path runs on CUDA (the CPU has its native MoE)."""
     return t.is_cuda
 
