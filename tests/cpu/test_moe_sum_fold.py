@@ -90,6 +90,19 @@ def test_experts_that_must_sum_themselves(plugin_table, change, reason):
     assert reason in (moe_sum_fold.deferral_problem(experts) or "")
 
 
+def test_one_warning_per_reason_the_experts_cannot_defer(plugin_table, monkeypatch, caplog):
+    monkeypatch.setattr(moe_sum_fold, "_warned", set())
+    layers = _moe_layers()
+    for layer in layers:
+        layer.moe.experts.moe_ep_size = 2
+    with caplog.at_level("WARNING", logger="sglang_gemma4"):
+        assert not any(moe_sum_fold._experts_defer(layer.moe.experts) for layer in layers)
+        assert not moe_sum_fold._experts_defer(layers[0].moe.experts)
+    warnings = [r.getMessage() for r in caplog.records if "moe_sum_fold" in r.getMessage()]
+    assert warnings == ["patch moe_sum_fold: MoE layers keep SGLang's top-k sum: TP or EP > 1: the expert sum must come before the all-reduce"]
+    assert moe_sum_fold._experts_defer(_moe_layers()[0].moe.experts)
+
+
 def test_no_deferral_on_cpu_tensors(plugin_table):
     experts = _moe_layers()[0].moe.experts
     x = torch.randn(4, experts.hidden_size, dtype=torch.bfloat16)

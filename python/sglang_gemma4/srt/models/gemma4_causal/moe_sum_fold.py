@@ -40,6 +40,7 @@ exit kernel itself (for example through the layer boundary's ``may_defer_sum``).
 from __future__ import annotations
 
 import inspect
+import logging
 from typing import Any
 
 import torch
@@ -51,6 +52,9 @@ PATCH_NAME = "moe_sum_fold"
 # (see the README); then on by default like the other kernels.
 OPT_IN_ENV = "SGLANG_GEMMA4_MOE_SUM_FOLD"
 _ACTIVATIONS = ("gelu", "gelu_tanh")
+logger = logging.getLogger("sglang_gemma4")
+# deferral_problem reasons already warned about in this process.
+_warned: set[str] = set()
 _DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
 
@@ -122,8 +126,18 @@ def _may_defer(experts: Any, hidden_states: torch.Tensor) -> bool:
         and 0 < hidden_states.shape[0] <= MAX_TOKENS
         and not torch.compiler.is_compiling()
         and not is_in_tc_piecewise_cuda_graph()
-        and deferral_problem(experts) is None
+        and _experts_defer(experts)
     )
+
+
+def _experts_defer(experts: Any) -> bool:
+    """Whether the experts can hand over their rows; the first time a reason
+    says no, one warning (the patch is on, so its user expects it to act)."""
+    problem = deferral_problem(experts)
+    if problem is not None and problem not in _warned:
+        _warned.add(problem)
+        logger.warning("patch %s: MoE layers keep SGLang's top-k sum: %s", PATCH_NAME, problem)
+    return problem is None
 
 
 def on_triton_moe_device(t: torch.Tensor) -> bool:
