@@ -46,6 +46,7 @@ from typing import Any
 import torch
 
 from sglang_gemma4.kernels.end_of_layer_norm import EXPERT_SUM_FOLD_MAX_TOKENS as MAX_TOKENS
+from sglang_gemma4.kernels.support import FUSED_DTYPES
 
 PATCH_NAME = "moe_sum_fold"
 # Opt-in until its kernel and SGLang's deferred Triton path have run on a GPU
@@ -55,7 +56,6 @@ _ACTIVATIONS = ("gelu", "gelu_tanh")
 logger = logging.getLogger("sglang_gemma4")
 # deferral_problem reasons already warned about in this process.
 _warned: set[str] = set()
-_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
 
 def check() -> str | None:
@@ -88,9 +88,8 @@ def deferral_problem(experts: Any) -> str | None:
     backend = experts.runner_backend
     if backend is None or not backend.is_triton():
         return f"MoE runner backend is {backend}, not triton"
-    if getattr(method, "_aiter_runner", None) is not None or getattr(method, "use_flashinfer_cutlass", False):
-        return "the unquantized method runs another kernel library"
-    if getattr(method, "use_flashinfer_trtllm_moe", False) or getattr(method, "w13_swiglu_interleaved", False):
+    other_library = ("use_flashinfer_cutlass", "use_flashinfer_trtllm_moe", "w13_swiglu_interleaved")
+    if getattr(method, "_aiter_runner", None) is not None or any(getattr(method, f, False) for f in other_library):
         return "the unquantized method runs another kernel library"
     runner = getattr(method, "runner", None)
     if runner is None or getattr(runner, "lora_enabled", False):
@@ -120,7 +119,7 @@ def _may_defer(experts: Any, hidden_states: torch.Tensor) -> bool:
 
     return (
         on_triton_moe_device(hidden_states)
-        and hidden_states.dtype in _DTYPES
+        and hidden_states.dtype in FUSED_DTYPES
         and hidden_states.dim() == 2
         and hidden_states.is_contiguous()
         and 0 < hidden_states.shape[0] <= MAX_TOKENS

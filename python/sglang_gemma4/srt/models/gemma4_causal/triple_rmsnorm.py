@@ -63,13 +63,13 @@ from sglang.srt.layers.layer_boundary.output import OutputTransform
 from sglang.srt.runtime_context import get_parallel
 
 from sglang_gemma4.kernels.support import patch_fused_dtypes
-from sglang_gemma4.srt.models.gemma4_causal import moe_sum_fold
 from sglang_gemma4.kernels.triple_rmsnorm import (
     post_attn_norm_add,
     post_attn_triple_rmsnorm,
     supports,
     supports_norm_add,
 )
+from sglang_gemma4.srt.models.gemma4_causal import moe_sum_fold
 
 logger = logging.getLogger("sglang_gemma4")
 
